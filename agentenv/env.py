@@ -1,0 +1,371 @@
+"""``ToolEnv``: a multi-turn Gymnasium environment whose actions are generated tokens with tool calls.
+
+One episode answers one question::
+
+    obs, info = env.reset(options={"question": "Who ...?", "answers": ["..."]})
+    while True:
+        action = policy(obs)                 # token ids the policy generated for one turn
+        obs, reward, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+
+``obs`` is always the whole context as token ids (prompt, every policy turn, every tool output), so
+a policy continues from exactly the tokens it was given. ``info["trajectory"]`` holds the same ids as
+tagged segments; the loss mask (``info["policy_mask"]``) is built from the tags.
+
+Rollout drivers that run many environments at once call ``step_batch(envs, actions)``: it parses
+every turn, sends all calls to one tool in a single batched call (one BM25 query matrix, one HTTP
+request), then finishes every step. ``env.step`` is ``step_batch`` with one environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from agentenv.parsing import ParsedTurn, ToolCall, ToolCallParser, make_parser
+from agentenv.rewards import EpisodeOutcome, Reward, RewardConfig
+from agentenv.tools.base import Tool, ToolOutput
+from agentenv.trajectory import Trajectory
+
+FINISH_REASONS = ("answer", "max_turns", "max_tokens", "no_tool_call")
+
+
+@dataclass
+class _Turn:
+    parsed: ParsedTurn
+    runnable: list[ToolCall] = field(default_factory=list)
+
+
+class ToolEnv(gym.Env):
+    """A question-answering episode with tools.
+
+    Args:
+        tools: the tools the policy may call (``Tool`` objects; a list or a name → tool mapping).
+        tokenizer: a Hugging Face tokenizer, or a model name/path to load one from
+            (``"embedded"`` is SmolLM2-135M-Instruct).
+        parser: the tool-call syntax, ``"tags"`` (ReSearch), ``"search-r1"``, ``"json"``, or an object.
+        reward: a ``Reward``, or a ``RewardConfig``; default ReSearch answer reward + search budget.
+        questions: records ``{"question", "answers", ...}`` that ``reset()`` samples from when no
+            question is passed in ``options``.
+        system_prompt: replaces the generated instructions (the tool list is still rendered).
+        max_turns: policy turns before the episode is truncated.
+        max_total_tokens: context length (prompt + turns + tool output) before truncation.
+        max_turn_tokens: the most tokens the policy may generate in one turn.
+        max_observation_tokens: tool output beyond this many tokens per turn is cut.
+        max_calls_per_turn: calls beyond this in one turn get an error instead of running.
+        on_no_call: a turn with neither a tool call nor an answer ``"end"``s the episode (truncated,
+            finish reason ``no_tool_call``) or gets a ``"nudge"`` observation and the episode goes on.
+
+    ``step`` returns ``obs, reward, terminated, truncated, info``:
+        obs: int64 array, the whole context (prompt, turns and tool output so far).
+        reward: 0.0 until the episode ends, then the trajectory reward.
+        terminated: the policy gave an answer.
+        truncated: out of turns, out of tokens, or (``on_no_call="end"``) a turn without a call.
+        info: ``trajectory``, ``token_ids``, ``policy_mask``, ``tool_calls`` (per tool),
+            ``failed_tool_calls``, ``num_turns``, ``answer``, ``format_valid``, ``finish_reason``
+            (None while running), ``reward_components`` (once finished).
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        tools: Sequence[Tool] | Mapping[str, Tool],
+        tokenizer: Any = "embedded",
+        parser: str | ToolCallParser = "tags",
+        reward: Reward | RewardConfig | None = None,
+        questions: Sequence[Mapping[str, Any]] | None = None,
+        system_prompt: str | None = None,
+        max_turns: int = 4,
+        max_total_tokens: int = 2048,
+        max_turn_tokens: int = 256,
+        max_observation_tokens: int = 512,
+        max_calls_per_turn: int = 2,
+        on_no_call: str = "end",
+        render_mode: str | None = None,
+    ):
+        if isinstance(tokenizer, str | os.PathLike):
+            from agentenv.models import load_tokenizer
+
+            tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        self.tools: dict[str, Tool] = dict(tools) if isinstance(tools, Mapping) else {t.name: t for t in tools}
+        self.parser = make_parser(parser)
+        reward = reward if reward is not None else RewardConfig()
+        self.reward_fn = reward.build() if isinstance(reward, RewardConfig) else reward
+        self.questions = list(questions) if questions is not None else None
+        if on_no_call not in ("end", "nudge"):
+            raise ValueError(f"on_no_call must be 'end' or 'nudge', got {on_no_call!r}")
+        for name, value in (("max_turns", max_turns), ("max_total_tokens", max_total_tokens),
+                            ("max_turn_tokens", max_turn_tokens), ("max_calls_per_turn", max_calls_per_turn)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.max_turns = max_turns
+        self.max_total_tokens = max_total_tokens
+        self.max_turn_tokens = max_turn_tokens
+        self.max_observation_tokens = max_observation_tokens
+        self.max_calls_per_turn = max_calls_per_turn
+        self.on_no_call = on_no_call
+        self.render_mode = render_mode
+        self.system_prompt = self._build_system_prompt(system_prompt)
+        self._tool_turn_wrapper = self._chat_tool_turn() if self.parser.results_in_tool_turn else None
+
+        vocab = spaces.Discrete(len(tokenizer))
+        self.observation_space = spaces.Sequence(vocab, stack=True)
+        self.action_space = spaces.Sequence(vocab, stack=True)
+        self.trajectory = Trajectory()
+        self._question: dict[str, Any] | None = None
+        self._pending: _Turn | None = None
+        self._done = True
+
+    # --- the Gymnasium API -------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode on ``options["question"]``/``options["answers"]``, or on a question
+        sampled from ``questions`` (``options["index"]`` picks one)."""
+        super().reset(seed=seed)
+        self._question = self._pick_question(options or {})
+        self.trajectory = Trajectory()
+        self.trajectory.append("prompt", self._encode(self._render_prompt(self._question["question"])))
+        self._turns: list[_Turn] = []
+        self._tool_calls: Counter[str] = Counter()
+        self._failed_tool_calls = 0
+        self._answer: str | None = None
+        self._pending = None
+        self._done = False
+        return self._observation(), self._info(finish_reason=None)
+
+    def step(self, action):
+        """One policy turn: token ids (or text), then its tool calls and their output."""
+        return step_batch([self], [action])[0]
+
+    def render(self):
+        if self.render_mode == "ansi":
+            return self.tokenizer.decode(self.trajectory.token_ids)
+        return None
+
+    # --- the two halves of a step, for batched tool calls across environments -----------------
+
+    @property
+    def max_new_tokens(self) -> int:
+        """How many tokens the policy may generate in its next turn."""
+        return max(0, min(self.max_turn_tokens, self.max_total_tokens - len(self.trajectory)))
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """Strings at which generation of a turn should stop (kept in the output)."""
+        return self.parser.stop_strings(self.tools)
+
+    def begin_step(self, action, logprobs: Sequence[float] | None = None) -> list[ToolCall]:
+        """Record the policy's turn and parse it; return the calls that should run."""
+        if self._done:
+            raise RuntimeError("the episode is over (or never started): call reset() first")
+        if self._pending is not None:
+            raise RuntimeError("begin_step() called twice without end_step()")
+        token_ids = self._action_ids(action)
+        self.trajectory.append("policy", token_ids, logprobs)
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        parsed = self.parser.parse(text, self.tools)
+        runnable = [call for call in parsed.tool_calls if call.error is None][: self.max_calls_per_turn]
+        self._pending = _Turn(parsed, runnable)
+        return list(runnable)
+
+    def end_step(self, outputs: Sequence[ToolOutput]):
+        """Append the tool output for the calls ``begin_step`` returned; finish the step."""
+        turn, self._pending = self._pending, None
+        if turn is None:
+            raise RuntimeError("end_step() without begin_step()")
+        if len(outputs) != len(turn.runnable):
+            raise ValueError(f"{len(outputs)} outputs for {len(turn.runnable)} tool calls")
+        self._turns.append(turn)
+        parsed = turn.parsed
+
+        if parsed.answer is not None:
+            self._answer = parsed.answer
+            return self._finish("answer", terminated=True)
+
+        observations = self._observations_for(turn, list(outputs))
+        if not observations:
+            if self.on_no_call == "end":
+                return self._finish("no_tool_call", terminated=False)
+            observations = ["No tool call or answer found. " + self.parser.instructions(self.tools)]
+        self._append_tool_output(observations)
+
+        if len(self._turns) >= self.max_turns:
+            return self._finish("max_turns", terminated=False)
+        if self.max_new_tokens <= 0:
+            return self._finish("max_tokens", terminated=False)
+        return self._observation(), 0.0, False, False, self._info(finish_reason=None)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _observations_for(self, turn: _Turn, outputs: list[ToolOutput]) -> list[str]:
+        """One observation per call, in the order the policy wrote them."""
+        results = iter(outputs)
+        runnable = {id(call) for call in turn.runnable}
+        observations: list[str] = []
+        for call in turn.parsed.tool_calls:
+            if call.error is not None:
+                self._failed_tool_calls += 1
+                observations.append(f"Error: {call.error}")
+            elif id(call) in runnable:
+                output = next(results)
+                self._tool_calls[call.name] += 1
+                self._failed_tool_calls += not output.ok
+                observations.append(output.text)
+            else:
+                self._failed_tool_calls += 1
+                observations.append(f"Error: at most {self.max_calls_per_turn} tool calls per turn; this one was not run.")
+        return observations
+
+    def _append_tool_output(self, observations: list[str]) -> None:
+        budget = max(1, self.max_observation_tokens // len(observations))
+        clipped = [self._clip(text, budget) for text in observations]
+        text = self.parser.format_results(clipped)
+        if self._tool_turn_wrapper is not None:
+            before, after = self._tool_turn_wrapper
+            text = before + text + after
+        self.trajectory.append("tool", self._encode(text))
+
+    def _clip(self, text: str, max_tokens: int) -> str:
+        ids = self._encode(text)
+        if len(ids) <= max_tokens:
+            return text
+        return self.tokenizer.decode(ids[:max_tokens]) + " …"
+
+    def _finish(self, finish_reason: str, terminated: bool):
+        self._done = True
+        outcome = EpisodeOutcome(
+            answer=self._answer,
+            gold_answers=tuple(self._question["answers"]),
+            tool_calls=dict(self._tool_calls),
+            failed_tool_calls=self._failed_tool_calls,
+            format_valid=self._format_valid(finish_reason),
+            finish_reason=finish_reason,
+        )
+        reward, components = self.reward_fn(outcome)
+        info = self._info(finish_reason=finish_reason)
+        info["reward_components"] = components
+        return self._observation(), float(reward), terminated, not terminated, info
+
+    def _format_valid(self, finish_reason: str) -> bool:
+        return finish_reason == "answer" and all(turn.parsed.is_well_formed for turn in self._turns)
+
+    def _observation(self) -> np.ndarray:
+        return np.asarray(self.trajectory.token_ids, dtype=np.int64)
+
+    def _info(self, finish_reason: str | None) -> dict[str, Any]:
+        return {
+            # Snapshots: callers keep infos, and the live objects change on the next step.
+            "trajectory": Trajectory(list(self.trajectory.segments)),
+            "token_ids": self.trajectory.token_ids,
+            "policy_mask": self.trajectory.policy_mask,
+            "question": dict(self._question),
+            "tool_calls": dict(self._tool_calls),
+            "failed_tool_calls": self._failed_tool_calls,
+            "num_turns": len(self._turns),
+            "answer": self._answer,
+            "format_valid": self._format_valid(finish_reason) if finish_reason else False,
+            "finish_reason": finish_reason,
+        }
+
+    def _action_ids(self, action) -> list[int]:
+        if isinstance(action, str):
+            return self._encode(action)
+        ids = np.asarray(action).reshape(-1)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"an action is token ids (integers) or text, got an array of {ids.dtype}")
+        ids = ids.astype(np.int64).tolist()
+        bad = [t for t in ids if not 0 <= t < len(self.tokenizer)]
+        if bad:
+            raise ValueError(f"token id(s) {bad[:5]} outside the vocabulary of {len(self.tokenizer)}")
+        return ids
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _pick_question(self, options: dict[str, Any]) -> dict[str, Any]:
+        if "question" in options:
+            question = dict(options)
+        elif self.questions:
+            index = options.get("index")
+            if index is None:
+                index = int(self.np_random.integers(len(self.questions)))
+            question = dict(self.questions[index])
+        else:
+            raise ValueError(
+                "reset() needs options={'question': ..., 'answers': [...]} "
+                "or an environment created with questions=[...]"
+            )
+        answers = question.get("answers", question.get("golden_answers"))
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(question.get("question"), str) or not answers:
+            raise ValueError(f"a question needs a 'question' string and non-empty 'answers', got {question!r}")
+        question["answers"] = [str(a) for a in answers]
+        return question
+
+    # --- prompt rendering ------------------------------------------------------------------------
+
+    def _build_system_prompt(self, system_prompt: str | None) -> str:
+        prompt = system_prompt or self.parser.instructions(self.tools)
+        if self.parser.results_in_tool_turn and not self._template_renders_tools():
+            # Templates such as SmolLM2's ignore `tools=`: show the schemas in the system prompt.
+            import json
+
+            schemas = "\n".join(json.dumps(tool.schema) for tool in self.tools.values())
+            prompt += f"\nAvailable tools (JSON schema):\n{schemas}"
+        return prompt
+
+    def _template_renders_tools(self) -> bool:
+        messages = [{"role": "user", "content": "x"}]
+        schemas = [tool.schema for tool in self.tools.values()]
+        with_tools = self.tokenizer.apply_chat_template(messages, tools=schemas, tokenize=False)
+        return with_tools != self.tokenizer.apply_chat_template(messages, tokenize=False)
+
+    def _render_prompt(self, question: str) -> str:
+        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": question}]
+        tools = [t.schema for t in self.tools.values()] if self.parser.results_in_tool_turn else None
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=True
+        )
+
+    def _chat_tool_turn(self) -> tuple[str, str]:
+        """The template's text around a tool message, found by rendering with placeholders."""
+        assistant, output = "\x00ASSISTANT\x00", "\x00TOOL\x00"
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": assistant}]
+        rendered = self.tokenizer.apply_chat_template(
+            [*messages, {"role": "tool", "content": output}], tokenize=False, add_generation_prompt=True
+        )
+        after_assistant = rendered.split(assistant, 1)[1]
+        before, after = after_assistant.split(output, 1)
+        return before, after
+
+
+def step_batch(envs: Sequence[ToolEnv], actions: Sequence[Any], logprobs: Sequence[Any] | None = None):
+    """Step many environments; each tool receives all of this turn's calls in one batch."""
+    envs = [getattr(env, "unwrapped", env) for env in envs]
+    pending = [env.begin_step(action, None if logprobs is None else logprobs[i])
+               for i, (env, action) in enumerate(zip(envs, actions, strict=True))]
+    outputs: list[list[ToolOutput | None]] = [[None] * len(calls) for calls in pending]
+    # Group by the tool object, not its name: environments may carry different tools.
+    batches: dict[int, list[tuple[int, int, ToolCall]]] = defaultdict(list)
+    tools: dict[int, Tool] = {}
+    for i, calls in enumerate(pending):
+        for j, call in enumerate(calls):
+            tool = envs[i].tools[call.name]
+            tools[id(tool)] = tool
+            batches[id(tool)].append((i, j, call))
+    for key, items in batches.items():
+        results = tools[key].run_batch([call.arguments for _, _, call in items])
+        for (i, j, _), result in zip(items, results, strict=True):
+            outputs[i][j] = result
+    return [env.end_step(out) for env, out in zip(envs, outputs, strict=True)]

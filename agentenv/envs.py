@@ -1,0 +1,126 @@
+"""The registered environments: ``gymnasium.make(id, **kwargs)`` after ``import agentenv``.
+
+* ``agentenv/SearchQA-v0`` — search + calculator + answer, over the shipped ``geo`` corpus by default
+  (or any index folder, or a Search-R1-protocol retriever URL).
+* ``agentenv/Calculator-v0`` — calculator + answer, on generated arithmetic word problems.
+
+Every keyword of ``ToolEnv`` (tokenizer, parser, reward, max_turns, ...) passes through.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+
+from agentenv.env import ToolEnv
+from agentenv.tools.calculator import calculator
+
+SEARCH_QA_ID = "agentenv/SearchQA-v0"
+CALCULATOR_ID = "agentenv/Calculator-v0"
+
+
+def register_envs() -> None:
+    for env_id, entry_point in (
+        (SEARCH_QA_ID, "agentenv.envs:make_search_qa_env"),
+        (CALCULATOR_ID, "agentenv.envs:make_calculator_env"),
+    ):
+        if env_id not in gym.registry:
+            # No TimeLimit wrapper: ToolEnv truncates on its own turn and token budgets.
+            gym.register(id=env_id, entry_point=entry_point, disable_env_checker=False)
+
+
+def load_question_set(questions: str | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``"geo:train"``/``"geo:dev"``/``"geo:test"``, a file any loader reads, or records as they are."""
+    if not isinstance(questions, str):
+        return list(questions)
+    from agentenv.corpora import geo_path, load_questions
+
+    path = geo_path(questions.split(":", 1)[1]) if questions.startswith("geo:") else questions
+    return [q if isinstance(q, dict) else q.as_dict() for q in load_questions(path)]
+
+
+def make_search_tool(
+    index: Any = None, retriever_url: str | None = None, k: int = 3, max_tokens: int = 256, tokenizer: Any = None
+):
+    """The search tool over ``retriever_url``, an index folder or object, or the shipped geo index."""
+    from agentenv.tools.search import search_tool
+
+    if retriever_url is not None:
+        from agentenv.tools.retrieval_client import RetrieverClient
+
+        backend = RetrieverClient(retriever_url)
+    elif index is None or isinstance(index, str):
+        from agentenv.tools.bm25 import BM25Index
+        from agentenv.corpora import geo_index_dir
+
+        backend = BM25Index.load(index or geo_index_dir())
+    else:
+        backend = index
+    return search_tool(backend, k=k, max_tokens=max_tokens, tokenizer=tokenizer)
+
+
+def make_search_qa_env(
+    index: Any = None,
+    retriever_url: str | None = None,
+    questions: str | Sequence[dict[str, Any]] | None = "geo:train",
+    k: int = 3,
+    max_search_tokens: int = 256,
+    tokenizer: Any = "embedded",
+    **env_kwargs: Any,
+) -> ToolEnv:
+    """Search + calculator over a BM25 index (default: the shipped ``geo`` corpus)."""
+    if isinstance(tokenizer, str):
+        from agentenv.models import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    search = make_search_tool(index, retriever_url, k=k, max_tokens=max_search_tokens, tokenizer=tokenizer)
+    return ToolEnv(
+        tools=[search, calculator],
+        tokenizer=tokenizer,
+        questions=load_question_set(questions) if questions is not None else None,
+        **env_kwargs,
+    )
+
+
+def make_calculator_env(
+    questions: Sequence[dict[str, Any]] | None = None, num_questions: int = 1000, seed: int = 0, **env_kwargs: Any
+) -> ToolEnv:
+    """Calculator + answer on arithmetic word problems (generated unless ``questions`` are given)."""
+    if questions is None:
+        questions = arithmetic_questions(num_questions, seed)
+    env_kwargs.setdefault("reward", None)
+    return ToolEnv(tools=[calculator], questions=questions, **env_kwargs)
+
+
+_WORD_PROBLEMS = (
+    ("A library has {a} books and buys {b} more. How many books does it have?", "{a} + {b}"),
+    ("A farm had {a} sheep and sold {b}. How many sheep are left?", "{a} - {b}"),
+    ("A crate holds {a} bottles. How many bottles are in {b} crates?", "{a} * {b}"),
+    ("What is {a} multiplied by {b}?", "{a} * {b}"),
+    ("What is {a} plus {b} minus {c}?", "{a} + {b} - {c}"),
+    ("A train travels {a} km on each of {b} days and then {c} km more. How far does it travel?", "{a} * {b} + {c}"),
+)
+
+
+def arithmetic_questions(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Deterministic word problems whose answers need a calculator for a small model."""
+    rng = random.Random(seed)
+    questions = []
+    for i in range(n):
+        template, expression = _WORD_PROBLEMS[i % len(_WORD_PROBLEMS)]
+        values = {"a": rng.randint(100, 9999), "b": rng.randint(11, 999), "c": rng.randint(10, 99)}
+        if "- {b}" in expression:
+            values["b"] = rng.randint(11, values["a"])
+        answer = calculator(expression=expression.format(**values))
+        questions.append(
+            {
+                "id": f"arith-{seed}-{i}",
+                "question": template.format(**values),
+                "answers": [answer, f"{int(answer):,}"],
+                "kind": "arithmetic",
+            }
+        )
+    return questions

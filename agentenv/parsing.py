@@ -1,0 +1,220 @@
+"""Tool-call syntaxes, pluggable: how a policy turn's text becomes tool calls and an answer.
+
+Two parsers share one contract (``parse``, ``stop_strings``, ``format_results``, ``instructions``):
+
+* ``TagParser`` — ReSearch / Search-R1 tags. Every tool has a tag named after it
+  (``<search>query</search>``, ``<calculator>2+2</calculator>``); tool output comes back inline,
+  wrapped in ``<result>`` (ReSearch) or ``<information>`` (Search-R1).
+* ``JsonParser`` — chat-template tool calls,
+  ``<tool_call>{"name": "search", "arguments": {"query": "..."}}</tool_call>``; tool output comes
+  back as a tool turn of the chat template (the environment renders it).
+
+Both end an episode with ``<answer>...</answer>`` (a ``\\boxed{...}`` inside is unwrapped, as in
+ReSearch). Defined behaviour for malformed turns, identical in both parsers:
+
+* an unclosed call tag → a call with ``error`` set (the policy sees the error; no tool runs);
+* a call naming an unknown tool, or arguments that are not a JSON object → a call with ``error``;
+* several calls in one turn → all are returned in order (the environment caps how many run);
+* an answer → the turn's answer; calls in the same turn are dropped and flagged, text after
+  ``</answer>`` is ignored and flagged. Flags land in ``ParsedTurn.format_errors``;
+* an unclosed ``<answer>`` → no answer, a format error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agentenv.tools.base import Tool
+
+ANSWER_TAG = "answer"
+_BOXED = re.compile(r"\\boxed\{(.*)\}", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any] | None
+    # Set when the call cannot run (unclosed tag, unknown tool, bad JSON); the policy reads it.
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedTurn:
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    answer: str | None = None
+    format_errors: list[str] = field(default_factory=list)
+
+    @property
+    def is_well_formed(self) -> bool:
+        return not self.format_errors and all(call.error is None for call in self.tool_calls)
+
+
+class ToolCallParser(Protocol):
+    """What an environment needs from a tool-call syntax."""
+
+    name: str
+    # True when tool output goes back as a chat-template tool turn rather than inline text.
+    results_in_tool_turn: bool
+
+    def parse(self, text: str, tools: dict[str, Tool]) -> ParsedTurn: ...
+
+    def stop_strings(self, tools: dict[str, Tool]) -> list[str]: ...
+
+    def format_results(self, outputs: list[str]) -> str: ...
+
+    def instructions(self, tools: dict[str, Tool]) -> str: ...
+
+
+def unwrap_answer(text: str) -> str:
+    """Strip whitespace and a ReSearch-style ``\\boxed{...}`` around the final answer."""
+    boxed = _BOXED.search(text)
+    return (boxed.group(1) if boxed else text).strip()
+
+
+def _split_answer(text: str) -> tuple[str, str | None, list[str]]:
+    """Cut the turn at ``<answer>``: (text before, answer or None, format errors)."""
+    start = text.find(f"<{ANSWER_TAG}>")
+    if start < 0:
+        return text, None, []
+    body_start = start + len(ANSWER_TAG) + 2
+    end = text.find(f"</{ANSWER_TAG}>", body_start)
+    if end < 0:
+        return text[:start], None, ["unclosed <answer> tag"]
+    errors = []
+    if text[end + len(ANSWER_TAG) + 3 :].strip():
+        errors.append("text after </answer>")
+    return text[:start], unwrap_answer(text[body_start:end]), errors
+
+
+def _answer_turn(answer: str | None, errors: list[str], calls: list[ToolCall]):
+    if answer is not None and calls:
+        errors = [*errors, "tool call in the same turn as the answer (not run)"]
+        calls = []
+    return ParsedTurn(tool_calls=calls, answer=answer, format_errors=errors)
+
+
+@dataclass
+class TagParser:
+    """ReSearch / Search-R1 tags; ``result_tag="information"`` gives Search-R1's wrapping."""
+
+    result_tag: str = "result"
+    name: str = "tags"
+    results_in_tool_turn: bool = False
+
+    def parse(self, text: str, tools: dict[str, Tool]) -> ParsedTurn:
+        before, answer, errors = _split_answer(text)
+        calls: list[ToolCall] = []
+        if tools:
+            names = "|".join(re.escape(name) for name in sorted(tools, key=len, reverse=True))
+            for opening in re.finditer(rf"<({names})>", before):
+                tool_name = opening.group(1)
+                close = before.find(f"</{tool_name}>", opening.end())
+                if close < 0:
+                    calls.append(ToolCall(tool_name, None, f"unclosed <{tool_name}> tag"))
+                    continue
+                calls.append(self._call(tools[tool_name], before[opening.end() : close].strip()))
+        return _answer_turn(answer, errors, calls)
+
+    @staticmethod
+    def _call(tool: Tool, content: str) -> ToolCall:
+        argument = tool.main_argument
+        if argument is None:
+            return ToolCall(tool.name, {})
+        return ToolCall(tool.name, {argument: content})
+
+    def stop_strings(self, tools: dict[str, Tool]) -> list[str]:
+        return [f"</{name}>" for name in tools] + [f"</{ANSWER_TAG}>"]
+
+    def format_results(self, outputs: list[str]) -> str:
+        body = "\n\n".join(outputs)
+        return f"\n<{self.result_tag}>\n{body}\n</{self.result_tag}>\n"
+
+    def instructions(self, tools: dict[str, Tool]) -> str:
+        lines = [
+            "Answer the question. Think step by step. You may call tools; each call's output "
+            f"comes back between <{self.result_tag}> and </{self.result_tag}>.",
+        ]
+        for tool in tools.values():
+            arg = tool.main_argument or "input"
+            lines.append(f"- <{tool.name}>{arg}</{tool.name}>: {tool.description}")
+        lines.append(
+            "Call one tool at a time and wait for its result. When you know the answer, "
+            "write it as <answer>your answer</answer>."
+        )
+        return "\n".join(lines)
+
+
+@dataclass
+class JsonParser:
+    """Chat-template JSON calls inside ``<tool_call>`` tags, as Qwen2.5 and ReCall use them."""
+
+    name: str = "json"
+    results_in_tool_turn: bool = True
+    call_tag: str = "tool_call"
+
+    def parse(self, text: str, tools: dict[str, Tool]) -> ParsedTurn:
+        before, answer, errors = _split_answer(text)
+        calls: list[ToolCall] = []
+        opening = f"<{self.call_tag}>"
+        closing = f"</{self.call_tag}>"
+        position = before.find(opening)
+        while position >= 0:
+            end = before.find(closing, position)
+            if end < 0:
+                calls.append(ToolCall("?", None, f"unclosed <{self.call_tag}> tag"))
+                break
+            calls.append(self._call(before[position + len(opening) : end], tools))
+            position = before.find(opening, end)
+        return _answer_turn(answer, errors, calls)
+
+    @staticmethod
+    def _call(payload: str, tools: dict[str, Tool]) -> ToolCall:
+        try:
+            call = json.loads(payload)
+        except (json.JSONDecodeError, RecursionError) as error:
+            return ToolCall("?", None, f"invalid JSON in tool call: {error}")
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return ToolCall("?", None, 'a tool call must be {"name": ..., "arguments": {...}}')
+        name = call["name"]
+        if name not in tools:
+            return ToolCall(name, None, f"unknown tool {name!r}; available: {', '.join(tools)}")
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):  # some models double-encode the arguments
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as error:
+                return ToolCall(name, None, f"invalid JSON in arguments: {error}")
+        if not isinstance(arguments, dict):
+            return ToolCall(name, None, "arguments must be a JSON object")
+        return ToolCall(name, arguments)
+
+    def stop_strings(self, tools: dict[str, Tool]) -> list[str]:
+        return [f"</{self.call_tag}>", f"</{ANSWER_TAG}>"]
+
+    def format_results(self, outputs: list[str]) -> str:
+        return "\n\n".join(outputs)
+
+    def instructions(self, tools: dict[str, Tool]) -> str:
+        return (
+            "Answer the question. Think step by step. To call a tool, write "
+            f'<{self.call_tag}>{{"name": <tool name>, "arguments": {{...}}}}</{self.call_tag}> '
+            "and wait for its result. When you know the answer, write it as "
+            "<answer>your answer</answer>."
+        )
+
+
+PARSERS = {"tags": TagParser, "research": TagParser, "json": JsonParser}
+
+
+def make_parser(spec: str | ToolCallParser) -> ToolCallParser:
+    """``"tags"``/``"research"`` (ReSearch), ``"search-r1"``, ``"json"``, or a parser object."""
+    if not isinstance(spec, str):
+        return spec
+    if spec == "search-r1":
+        return TagParser(result_tag="information")
+    if spec not in PARSERS:
+        raise ValueError(f"unknown parser {spec!r}; choose one of {[*PARSERS, 'search-r1']}")
+    return PARSERS[spec]()
