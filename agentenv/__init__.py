@@ -4,10 +4,10 @@
 """
 
 from agentenv.env import ToolEnv, step_batch
+from agentenv.envs import register_envs
 from agentenv.parsing import JsonParser, TagParser
 from agentenv.rewards import EpisodeOutcome, Reward, RewardConfig
 from agentenv.trajectory import Segment, Trajectory
-from agentenv.envs import register_envs
 
 register_envs()
 

@@ -53,8 +53,8 @@ def make_search_tool(
 
         backend = RetrieverClient(retriever_url)
     elif index is None or isinstance(index, str):
-        from agentenv.tools.bm25 import BM25Index
         from agentenv.corpora import geo_index_dir
+        from agentenv.tools.bm25 import BM25Index
 
         backend = BM25Index.load(index or geo_index_dir())
     else:

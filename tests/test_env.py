@@ -1,0 +1,229 @@
+"""ToolEnv: episodes, masks by construction, token in / token out, truncation, batching, Gymnasium."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import agentenv
+from agentenv import ToolEnv, step_batch
+from agentenv.envs import arithmetic_questions
+from agentenv.tools import Tool, ToolError, calculator
+
+CAPITALS = {"peru": "Lima is the capital of Peru.", "chile": "Santiago is the capital of Chile."}
+QUESTION = {"question": "What is the capital of Peru?", "answers": ["Lima"]}
+
+
+def make_search(batches=None):
+    def search(query: str) -> str:
+        """Look a country up.
+
+        Args:
+            query: A country name.
+        """
+        for country, passage in CAPITALS.items():
+            if country in query.lower():
+                return passage
+        raise ToolError(f"no passage matches {query!r}")
+
+    def search_batch(calls):
+        if batches is not None:
+            batches.append(len(calls))
+        return [search(**call) for call in calls]
+
+    return Tool.from_function(search, batch_function=search_batch)
+
+
+@pytest.fixture
+def env(tokenizer):
+    return ToolEnv([make_search(), calculator], tokenizer=tokenizer, max_turns=3)
+
+
+def non_canonical_ids(tokenizer, text):
+    """Token ids for `text`, one character at a time: decoding them gives `text` back, but
+    encoding `text` gives different (merged) ids. Storing these proves nothing re-encodes."""
+    ids = [tid for ch in text for tid in tokenizer.encode(ch, add_special_tokens=False)]
+    assert tokenizer.decode(ids) == text
+    assert ids != tokenizer.encode(text, add_special_tokens=False)
+    return ids
+
+
+def test_full_episode_with_scripted_token_ids(env, tokenizer):
+    obs, info = env.reset(options=QUESTION)
+    prompt = list(obs)
+    assert info["policy_mask"] == [0] * len(prompt)
+    assert "What is the capital of Peru?" in tokenizer.decode(prompt)
+
+    turn_1 = non_canonical_ids(tokenizer, "I will search. <search>Peru</search>")
+    obs, reward, terminated, truncated, info = env.step(np.array(turn_1))
+    assert (reward, terminated, truncated) == (0.0, False, False)
+    tool_1 = list(obs[len(prompt) + len(turn_1) :])
+    assert tokenizer.decode(tool_1) == "\n<result>\nLima is the capital of Peru.\n</result>\n"
+
+    turn_2 = tokenizer.encode("<answer>Lima</answer>", add_special_tokens=False)
+    obs, reward, terminated, truncated, info = env.step(turn_2)
+    assert terminated and not truncated
+    assert reward == 1.0
+    assert info["finish_reason"] == "answer" and info["answer"] == "Lima" and info["format_valid"]
+    assert info["tool_calls"] == {"search": 1}
+    assert info["reward_components"]["research_answer"] == 1.0
+
+    # Token by token: prompt 0, policy 1, tool 0, policy 1; ids exactly as emitted.
+    expected_ids = prompt + turn_1 + tool_1 + turn_2
+    expected_mask = [0] * len(prompt) + [1] * len(turn_1) + [0] * len(tool_1) + [1] * len(turn_2)
+    assert list(obs) == info["token_ids"] == expected_ids
+    assert info["policy_mask"] == expected_mask
+    segments = info["trajectory"].segments
+    assert [s.source for s in segments] == ["prompt", "policy", "tool", "policy"]
+    assert list(segments[1].token_ids) == turn_1
+
+
+def test_trajectory_rebuilds_from_its_segments(env, tokenizer):
+    env.reset(options=QUESTION)
+    env.step("<search>Chile</search>")
+    *_, info = env.step("<answer>Santiago</answer>")
+    trajectory = info["trajectory"]
+    rebuilt = [t for segment in trajectory.segments for t in segment.token_ids]
+    assert rebuilt == trajectory.token_ids
+    assert sum(trajectory.policy_mask) == trajectory.count("policy")
+    assert trajectory.prompt_length == trajectory.segments[0].token_ids.__len__()
+
+
+def test_engine_logprobs_are_kept_with_policy_tokens(env, tokenizer):
+    env.reset(options=QUESTION)
+    ids = tokenizer.encode("<answer>Lima</answer>", add_special_tokens=False)
+    logprobs = [-0.5] * len(ids)
+    agentenv.step_batch([env], [ids], [logprobs])
+    assert env.trajectory.policy_logprobs == logprobs
+
+
+def test_tool_errors_become_observations_and_the_episode_goes_on(env, tokenizer):
+    env.reset(options=QUESTION)
+    obs, reward, terminated, truncated, info = env.step("<search>Atlantis</search>")
+    assert not terminated and not truncated
+    assert "Error (search): no passage matches 'Atlantis'" in tokenizer.decode(obs)
+    assert info["failed_tool_calls"] == 1
+    obs, *_ = env.step("<calculator>1/0</calculator>")
+    assert "Error (calculator): division by zero" in tokenizer.decode(obs)
+
+
+def test_malformed_call_is_an_error_observation_and_invalidates_the_format(env, tokenizer):
+    env.reset(options=QUESTION)
+    obs, *_ , info = env.step("<search>Peru")
+    assert "Error: unclosed <search> tag" in tokenizer.decode(obs)
+    *_, reward, terminated, truncated, info = env.step("<answer>Lima</answer>")
+    assert terminated and not info["format_valid"]
+    assert info["reward_components"]["research_answer"] == 0.0
+
+
+def test_turn_without_call_or_answer_truncates_by_default(env):
+    env.reset(options=QUESTION)
+    *_, reward, terminated, truncated, info = env.step("I am not sure.")
+    assert truncated and not terminated
+    assert info["finish_reason"] == "no_tool_call" and reward == 0.0
+
+
+def test_turn_without_call_can_nudge_instead(tokenizer):
+    env = ToolEnv([calculator], tokenizer=tokenizer, on_no_call="nudge")
+    env.reset(options=QUESTION)
+    obs, _, terminated, truncated, _ = env.step("I am not sure.")
+    assert not (terminated or truncated)
+    assert "No tool call or answer found" in tokenizer.decode(obs)
+
+
+def test_max_turns_truncates(env):
+    env.reset(options=QUESTION)
+    for _ in range(2):
+        assert env.step("<search>Peru</search>")[3] is False
+    *_, truncated, info = env.step("<search>Peru</search>")
+    assert truncated and info["finish_reason"] == "max_turns" and info["num_turns"] == 3
+
+
+def test_max_total_tokens_truncates(tokenizer):
+    env = ToolEnv([make_search()], tokenizer=tokenizer, max_total_tokens=200, max_turns=50)
+    obs, _ = env.reset(options=QUESTION)
+    assert env.max_new_tokens == min(env.max_turn_tokens, 200 - len(obs))
+    for _ in range(20):
+        *_, truncated, info = env.step("<search>Peru</search>")
+        if truncated:
+            break
+    assert info["finish_reason"] == "max_tokens"
+    assert env.max_new_tokens == 0
+
+
+def test_calls_beyond_the_per_turn_cap_are_not_run(tokenizer):
+    env = ToolEnv([calculator], tokenizer=tokenizer, max_calls_per_turn=2)
+    env.reset(options=QUESTION)
+    obs, *_, info = env.step("<calculator>1+1</calculator><calculator>2+2</calculator><calculator>3+3</calculator>")
+    text = tokenizer.decode(obs)
+    assert "\n2\n\n4\n\nError: at most 2 tool calls per turn" in text
+    assert info["tool_calls"] == {"calculator": 2} and info["failed_tool_calls"] == 1
+
+
+def test_step_batch_sends_each_tools_calls_in_one_batch(tokenizer):
+    batches = []
+    search = make_search(batches)
+    envs = [ToolEnv([search, calculator], tokenizer=tokenizer) for _ in range(3)]
+    for env in envs:
+        env.reset(options=QUESTION)
+    results = step_batch(envs, ["<search>Peru</search>", "<search>Chile</search>", "<calculator>2*3</calculator>"])
+    assert batches == [2]
+    assert [r[4]["tool_calls"] for r in results] == [{"search": 1}, {"search": 1}, {"calculator": 1}]
+
+
+def test_json_tool_calls_come_back_as_a_chat_template_tool_turn(tokenizer):
+    env = ToolEnv([calculator], tokenizer=tokenizer, parser="json")
+    obs, _ = env.reset(options=QUESTION)
+    # SmolLM2's template ignores tools=, so the schemas are rendered into the system prompt.
+    assert '"name": "calculator"' in tokenizer.decode(obs)
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+    obs, *_ = env.step(call)
+    assert tokenizer.decode(obs).endswith(call + "<|im_end|>\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_reset_samples_from_questions_deterministically(tokenizer):
+    env = ToolEnv([calculator], tokenizer=tokenizer, questions=arithmetic_questions(50))
+    first, _ = env.reset(seed=3)
+    again, _ = env.reset(seed=3)
+    assert np.array_equal(first, again)
+    _, info = env.reset(options={"index": 7})
+    assert info["question"]["id"] == "arith-0-7"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({}, "reset\\(\\) needs options"), ({"question": "Q?"}, "non-empty 'answers'")],
+)
+def test_reset_without_a_question_is_a_clear_error(tokenizer, options, message):
+    with pytest.raises(ValueError, match=message):
+        ToolEnv([calculator], tokenizer=tokenizer).reset(options=options)
+
+
+def test_step_after_the_end_is_a_clear_error(env):
+    env.reset(options=QUESTION)
+    env.step("<answer>Lima</answer>")
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step("<answer>Lima</answer>")
+
+
+def test_out_of_vocabulary_ids_are_rejected(env, tokenizer):
+    env.reset(options=QUESTION)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        env.step([len(tokenizer) + 5])
+
+
+def test_gymnasium_env_checker_passes(tokenizer):
+    # check_env calls step() with random token ids and insists the episode survive one step,
+    # so it runs with on_no_call="nudge"; the default ends such turns (tested above).
+    env = ToolEnv([calculator], tokenizer=tokenizer, questions=arithmetic_questions(20), on_no_call="nudge")
+    check_env(env, skip_render_check=True)
+
+
+def test_registered_calculator_env(tokenizer):
+    env = gym.make(agentenv.envs.CALCULATOR_ID, tokenizer=tokenizer, num_questions=10)
+    obs, info = env.reset(seed=0)
+    answer = info["question"]["answers"][0]
+    env.step("<calculator>1+1</calculator>")
+    obs, reward, terminated, truncated, info = env.step(f"<answer>{answer}</answer>")
+    assert terminated and reward == 1.0
+    assert env.observation_space.contains(obs)
