@@ -9,8 +9,13 @@ Every keyword of ``ToolEnv`` (tokenizer, parser, reward, max_turns, ...) passes 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
+import shutil
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -39,7 +44,39 @@ def load_question_set(questions: str | Sequence[dict[str, Any]]) -> list[dict[st
     from agentenv.corpora import geo_path, load_questions
 
     path = geo_path(questions.split(":", 1)[1]) if questions.startswith("geo:") else questions
-    return [q if isinstance(q, dict) else q.as_dict() for q in load_questions(path)]
+    return [
+        {**q.extra, "id": q.id, "question": q.question, "answers": list(q.answers), "kind": q.kind,
+         "entities": list(q.entities)}
+        for q in load_questions(path)
+    ]
+
+
+def geo_index_dir(show_progress: bool = True) -> Path:
+    """The BM25 index of the shipped geo corpus, built on first use into the cache (~30 s).
+
+    The folder name carries a hash of the corpus file, so a rebuilt corpus gets a fresh index.
+    """
+    from agentenv.corpora import geo_path, load_corpus
+    from agentenv.models import cache_dir
+    from agentenv.tools.bm25 import BM25Index
+
+    passages = geo_path("passages")
+    digest = hashlib.sha256(passages.read_bytes()).hexdigest()[:12]
+    target = cache_dir() / "indexes" / f"geo-{digest}"
+    if (target / "index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename into place, so a killed build leaves no half index.
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        BM25Index.build(load_corpus(passages), out_dir=staging / "index", show_progress=show_progress)
+        try:
+            (staging / "index").rename(target)
+        except OSError:  # another process finished first; its index is identical
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def make_search_tool(
@@ -52,8 +89,7 @@ def make_search_tool(
         from agentenv.tools.retrieval_client import RetrieverClient
 
         backend = RetrieverClient(retriever_url)
-    elif index is None or isinstance(index, str):
-        from agentenv.corpora import geo_index_dir
+    elif index is None or isinstance(index, str | os.PathLike):
         from agentenv.tools.bm25 import BM25Index
 
         backend = BM25Index.load(index or geo_index_dir())
