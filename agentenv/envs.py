@@ -157,6 +157,7 @@ def arithmetic_questions(n: int, seed: int = 0) -> list[dict[str, Any]]:
                 "question": template.format(**values),
                 "answers": [answer, f"{int(answer):,}"],
                 "kind": "arithmetic",
+                "expression": expression.format(**values),
             }
         )
     return questions
