@@ -1,0 +1,238 @@
+"""Read corpora and question sets in the formats the field uses, into one internal format.
+
+Passages become ``{"id", "title", "text"}`` dicts; questions become `Question` records. The format
+of a file is recognised from its content (gzip and Parquet by their magic bytes, the JSON flavour
+by the keys of the first record), never from its name.
+
+    >>> from agentenv.corpora import geo_path, load_corpus, load_questions
+    >>> next(load_corpus(geo_path("passages")))["id"]
+    'country:AD'
+    >>> question = load_questions(geo_path("test"))[0]
+    >>> question.question, question.answers  # doctest: +SKIP
+    ('What is the population of Itaíba divided by ...', ('2.07',))
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+
+# Passage formats: ours, and wiki-18 as Search-R1 and FlashRAG ship it, where `contents` is the
+# title in double quotes, a newline, then the text.
+OUR_PASSAGE_KEYS = {"id", "title", "text"}
+WIKI18_PASSAGE_KEYS = {"id", "contents"}
+
+# Question formats: ours, and Search-R1 / FlashRAG (`golden_answers`, optional `id` and `metadata`).
+OUR_QUESTION_KEYS = {"id", "question", "answers"}
+FLASHRAG_QUESTION_KEYS = {"question", "golden_answers"}
+
+
+class DataFormatError(ValueError):
+    """A corpus or question file that is not in a supported format; says where and why."""
+
+    def __init__(self, path: str | Path, location: str, message: str):
+        super().__init__(f"{path}, {location}: {message}")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question with every acceptable answer.
+
+    `entities` are the ids of the passages the question is about (empty when the source does not
+    say); `extra` keeps every other field of the source record (`hops`, `needs_calculator`,
+    FlashRAG's `metadata`, ...).
+    """
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    kind: str | None = None
+    entities: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Passages
+# ---------------------------------------------------------------------------------------------
+
+
+def load_corpus(path: str | Path) -> Iterator[dict]:
+    """Stream the passages of a JSONL corpus (plain or gzipped) as ``{"id", "title", "text"}``.
+
+    Accepts our ``{"id", "title", "text"}`` lines and wiki-18 lines ``{"id", "contents"}`` whose
+    contents are ``"Title"\\ntext``. Reads one line at a time, so wiki-scale files fit.
+    """
+    passage_format = None
+    for location, record in _jsonl_records(path):
+        if passage_format is None:
+            passage_format = _pick_format(
+                path,
+                location,
+                record,
+                {"ours": OUR_PASSAGE_KEYS, "wiki-18": WIKI18_PASSAGE_KEYS},
+            )
+        if passage_format == "ours":
+            _require_keys(path, location, record, OUR_PASSAGE_KEYS)
+            yield {"id": str(record["id"]), "title": record["title"], "text": record["text"]}
+        else:
+            _require_keys(path, location, record, WIKI18_PASSAGE_KEYS)
+            title, text = _split_wiki18_contents(record["contents"])
+            yield {"id": str(record["id"]), "title": title, "text": text}
+
+
+def _split_wiki18_contents(contents: str) -> tuple[str, str]:
+    """'"Aaron"\\nAaron is a prophet...' -> ("Aaron", "Aaron is a prophet...")."""
+    first_line, _, text = contents.partition("\n")
+    title = first_line.strip()
+    if len(title) >= 2 and title.startswith('"') and title.endswith('"'):
+        title = title[1:-1]
+    return title, text
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions
+# ---------------------------------------------------------------------------------------------
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """Read a question set: our JSONL, Search-R1 / FlashRAG JSONL, or Parquet with either's
+    columns; plain or gzipped JSONL.
+
+    FlashRAG records without an `id` get ``<file stem>-<index>``.
+    """
+    path = Path(path)
+    with path.open("rb") as file:
+        is_parquet = file.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
+    if is_parquet:
+        records = _parquet_records(path)
+    else:
+        records = _jsonl_records(path)
+    questions: list[Question] = []
+    question_format = None
+    for location, record in records:
+        if question_format is None:
+            question_format = _pick_format(
+                path,
+                location,
+                record,
+                {"ours": OUR_QUESTION_KEYS, "Search-R1/FlashRAG": FLASHRAG_QUESTION_KEYS},
+            )
+        if question_format == "ours":
+            questions.append(_our_question(path, location, record))
+        else:
+            questions.append(_flashrag_question(path, location, record, len(questions)))
+    return questions
+
+
+def _our_question(path: Path, location: str, record: dict) -> Question:
+    _require_keys(path, location, record, OUR_QUESTION_KEYS)
+    known = OUR_QUESTION_KEYS | {"kind", "entities"}
+    return Question(
+        id=str(record["id"]),
+        question=record["question"],
+        answers=_answers(path, location, record["answers"]),
+        kind=record.get("kind"),
+        entities=tuple(record.get("entities") or ()),
+        extra={key: value for key, value in record.items() if key not in known},
+    )
+
+
+def _flashrag_question(path: Path, location: str, record: dict, index: int) -> Question:
+    _require_keys(path, location, record, FLASHRAG_QUESTION_KEYS)
+    known = FLASHRAG_QUESTION_KEYS | {"id"}
+    question_id = record.get("id")
+    return Question(
+        id=str(question_id) if question_id is not None else f"{path.stem}-{index}",
+        question=record["question"],
+        answers=_answers(path, location, record["golden_answers"]),
+        extra={key: value for key, value in record.items() if key not in known},
+    )
+
+
+def _answers(path: Path, location: str, answers: Any) -> tuple[str, ...]:
+    # Some FlashRAG sets store numeric answers as numbers; a lone string is one answer.
+    if isinstance(answers, str | int | float):
+        answers = [answers]
+    if not isinstance(answers, list | tuple) or not all(
+        isinstance(answer, str | int | float) for answer in answers
+    ):
+        raise DataFormatError(
+            path, location, f"answers must be a list of strings, got {answers!r:.200}"
+        )
+    return tuple(str(answer) for answer in answers)
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """("row <n>" counting from 1, row as a dict), one record batch at a time."""
+    try:
+        import pyarrow.parquet
+    except ImportError as error:
+        raise ImportError(
+            f"{path} is a Parquet file; reading it needs pyarrow: pip install pyarrow"
+        ) from error
+    row_number = 0
+    for batch in pyarrow.parquet.ParquetFile(path).iter_batches():
+        for row in batch.to_pylist():
+            row_number += 1
+            yield f"row {row_number}", row
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _jsonl_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """("line <n>", JSON object) for every non-blank line of a plain or gzipped JSONL file."""
+    path = Path(path)
+    with path.open("rb") as raw:
+        is_gzip = raw.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+        raw.seek(0)
+        binary = gzip.GzipFile(fileobj=raw) if is_gzip else raw
+        for line_number, line in enumerate(io.TextIOWrapper(binary, encoding="utf-8"), start=1):
+            if not line.strip():
+                continue
+            location = f"line {line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(path, location, f"not valid JSON ({error})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(
+                    path, location, f"expected a JSON object, got {type(record).__name__}"
+                )
+            yield location, record
+
+
+def _pick_format(
+    path: str | Path, location: str, record: dict, formats: dict[str, set[str]]
+) -> str:
+    """The name of the first format whose required keys the record has."""
+    for name, required in formats.items():
+        if required <= record.keys():
+            return name
+    expected = "; or ".join(f"{name}: {sorted(keys)}" for name, keys in formats.items())
+    raise DataFormatError(
+        path,
+        location,
+        f"unrecognised record format; found keys {sorted(record)}, expected {expected}",
+    )
+
+
+def _require_keys(path: str | Path, location: str, record: dict, required: set[str]) -> None:
+    missing = required - record.keys()
+    if missing:
+        raise DataFormatError(
+            path,
+            location,
+            f"missing keys {sorted(missing)}; found keys {sorted(record)}, "
+            f"expected {sorted(required)} (as on the file's first record)",
+        )
