@@ -90,3 +90,31 @@ def test_failing_batch_falls_back_to_single_calls():
     outputs = wrapped.run_batch([{"word": "bank", "limit": 1}, {"word": "nope"}])
     assert outputs[0].text == "river side"
     assert not outputs[1].ok
+
+
+def test_batch_may_fail_single_calls_without_failing_the_rest():
+    def batch(calls):
+        return [ToolError("bad word") if call["word"] == "x" else call["word"] for call in calls]
+
+    outputs = Tool.from_function(lookup, batch_function=batch).run_batch([{"word": "a"}, {"word": "x"}])
+    assert [(o.text, o.ok) for o in outputs] == [("a", True), ("Error (lookup): bad word", False)]
+
+
+def test_batch_wide_tool_error_reaches_every_call_without_retrying_them_one_by_one():
+    single_calls = []
+
+    def single(word: str) -> str:
+        """Records single calls.
+
+        Args:
+            word: Anything.
+        """
+        single_calls.append(word)
+        return word
+
+    def dead_backend(calls):
+        raise ToolError("search failed: server unreachable")
+
+    outputs = Tool.from_function(single, batch_function=dead_backend).run_batch([{"word": "a"}, {"word": "b"}])
+    assert [o.text for o in outputs] == ["Error (single): search failed: server unreachable"] * 2
+    assert single_calls == []

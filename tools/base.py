@@ -60,16 +60,18 @@ class ToolOutput:
 class Tool:
     """A callable the policy can use.
 
-    ``function(**arguments) -> str`` does one call. ``batch_function(list_of_arguments) -> list[str]``
-    is optional: tools that amortise work across calls (one BM25 query matrix, one HTTP request)
-    provide it, and the rollout driver sends every call of a turn through it at once.
+    ``function(**arguments) -> str`` does one call. ``batch_function(list_of_arguments)`` is
+    optional: tools that amortise work across calls (one BM25 query matrix, one HTTP request)
+    provide it, and the rollout driver sends every call of a turn through it at once. It returns
+    one item per call, a string or a ``ToolError`` for a call that failed alone; raising
+    ``ToolError`` fails the whole batch (every call gets the message).
     """
 
     name: str
     description: str
     parameters: dict[str, Any]
     function: Callable[..., str]
-    batch_function: Callable[[list[dict[str, Any]]], list[str]] | None = None
+    batch_function: Callable[[list[dict[str, Any]]], list[str | ToolError]] | None = None
     # Error strings are clipped so a failing tool cannot flood the context.
     max_error_chars: int = field(default=300, repr=False)
 
@@ -141,14 +143,18 @@ class Tool:
                 valid.append(i)
         if valid and self.batch_function is not None:
             try:
-                texts = self.batch_function([dict(calls[i]) for i in valid])
-                if len(texts) != len(valid):
-                    raise RuntimeError(f"batch returned {len(texts)} results for {len(valid)} calls")
-                for i, text in zip(valid, texts, strict=True):
-                    outputs[i] = ToolOutput(str(text))
+                results = self.batch_function([dict(calls[i]) for i in valid])
+                if len(results) != len(valid):
+                    raise RuntimeError(f"batch returned {len(results)} results for {len(valid)} calls")
+            except ToolError as error:
+                # A failure of the whole batch (a dead server): every call gets it, no retries.
+                results = [error] * len(valid)
+            except Exception:  # noqa: BLE001 - a bug: run the calls one by one to isolate it
+                results = None
+            if results is not None:
+                for i, result in zip(valid, results, strict=True):
+                    outputs[i] = self._error(str(result)) if isinstance(result, ToolError) else ToolOutput(str(result))
                 valid = []
-            except Exception:  # noqa: BLE001 - fall back to single calls to isolate the bad one
-                pass
         for i in valid:
             outputs[i] = self._run_one(calls[i])
         return [output for output in outputs if output is not None]

@@ -1,0 +1,428 @@
+"""BM25 search over a local corpus of passages ``{"id", "title", "text"}``.
+
+Two backends sit behind one class, :class:`BM25Index`, and share one tokenizer, so their rankings
+can be compared term for term:
+
+- ``tantivy`` (the default): a Rust index on disk, memory-mapped when loaded; passages live in its
+  stored fields. Queries are built from term queries, never from tantivy's query-string parser, so
+  model text with quotes, colons or brackets cannot break a search.
+- ``rank_bm25``: ``rank_bm25.BM25Okapi`` (k1 = 1.2, b = 0.75), a pure-Python reference that scores
+  every passage for every query term. Fine for tiny corpora and as the yardstick in tests. Its
+  passages live in a JSONL file with an array of byte offsets; ``load`` re-tokenizes them.
+
+Example::
+
+    index = BM25Index.build(passages, out_dir="runs/index")   # streams the passages
+    index = BM25Index.load("runs/index")
+    index.search("capital of Burkina Faso", k=3)               # -> [Hit(id, title, text, score)]
+
+An index is a directory holding the backend's files and ``index.json`` (backend, passage count,
+BM25 parameters), which ``agentenv index info`` prints.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import mmap
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import rank_bm25
+import tantivy
+from tqdm import tqdm
+
+BACKENDS = ("tantivy", "rank_bm25")
+MANIFEST = "index.json"
+FORMAT_VERSION = 1
+
+# tantivy fixes k1 and b at these values; the reference backend is configured to match.
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+# Lucene's default English stop set (EnglishAnalyzer), which Pyserini's BM25 baselines use.
+STOPWORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such "
+    "that the their then there these they this to was will with".split()
+)
+# Longer runs of letters or digits are hashes or encoded blobs, not words; tantivy also refuses
+# terms above 64 kB, so dropping them keeps both backends on the same tokens.
+MAX_TOKEN_CHARS = 100
+# Runs of Unicode letters and digits: `\w` without the underscore.
+_TOKEN = re.compile(r"[^\W_]+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase, split on anything that is not a letter or digit, drop stopwords.
+
+    >>> tokenize("The Eiffel Tower (built 1887-1889): 330 m")
+    ['eiffel', 'tower', 'built', '1887', '1889', '330', 'm']
+    """
+    return [
+        token
+        for token in _TOKEN.findall(text.lower())
+        if token not in STOPWORDS and len(token) <= MAX_TOKEN_CHARS
+    ]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved passage and its BM25 score (higher is better; scales differ by backend)."""
+
+    id: str
+    title: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class _Passage:
+    id: str
+    title: str
+    text: str
+
+    @property
+    def tokens(self) -> list[str]:
+        # The title is indexed with the text, as Pyserini does with wiki-18's `contents`.
+        return tokenize(f"{self.title} {self.text}")
+
+
+def _as_passage(row: Any, position: int) -> _Passage:
+    expected = "expected a dict with 'id', 'text' and optionally 'title'"
+    if not isinstance(row, dict):
+        raise ValueError(f"passage {position}: got {type(row).__name__}; {expected}")
+    for key in ("id", "text"):
+        if key not in row:
+            raise ValueError(f"passage {position}: missing {key!r}; {expected}")
+    title, text = row.get("title") or "", row["text"]
+    if not isinstance(title, str) or not isinstance(text, str):
+        raise ValueError(
+            f"passage {position} (id {row['id']!r}): 'title' and 'text' must be strings"
+        )
+    return _Passage(str(row["id"]), title, text)
+
+
+class _Backend(Protocol):
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def search_tokens(self, tokens: list[str], k: int) -> list[Hit]: ...
+
+    def get(self, passage_id: str) -> dict[str, str]: ...
+
+
+class _TantivyBackend:
+    """Passages in tantivy's stored fields; ``body`` holds our tokens joined by spaces."""
+
+    name = "tantivy"
+    # RAM the writer fills before it flushes a segment to disk: more RAM, fewer segments to merge.
+    WRITER_HEAP_BYTES = 256_000_000
+
+    def __init__(self, index: tantivy.Index):
+        self._schema = index.schema
+        index.reload()
+        # One searcher for the life of the index: it is thread-safe and releases the GIL in search.
+        self._searcher = index.searcher()
+
+    @staticmethod
+    def _schema_for_new_index() -> tantivy.Schema:
+        builder = tantivy.SchemaBuilder()
+        # A stored text id with the `raw` tokenizer: `get(id)` is a term query on it. (An unsigned
+        # id declared fast=True crashed the Python binding here.)
+        builder.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
+        # Bytes fields can be stored without being indexed; text fields are always indexed.
+        builder.add_bytes_field("title", stored=True, indexed=False)
+        builder.add_bytes_field("text", stored=True, indexed=False)
+        # Pre-tokenized by `tokenize`; `whitespace` only splits it again. BM25 needs term
+        # frequencies but no positions (no phrase queries).
+        builder.add_text_field("body", tokenizer_name="whitespace", index_option="freq")
+        return builder.build()
+
+    @classmethod
+    def build(cls, passages: Iterable[_Passage], directory: Path) -> _TantivyBackend:
+        index = tantivy.Index(cls._schema_for_new_index(), path=str(directory))
+        # One indexing thread adds passages in corpus order, so equal scores rank the same way on
+        # every rebuild; with two, passages landed in segments at random and the agreement test
+        # varied from run to run. The second thread built 100 k synthetic passages only ~20 %
+        # faster here: tokenizing in Python, not tantivy, is most of the build time.
+        writer = index.writer(heap_size=cls.WRITER_HEAP_BYTES, num_threads=1)
+        for passage in passages:
+            writer.add_document(
+                tantivy.Document(
+                    id=passage.id,
+                    title=passage.title.encode(),
+                    text=passage.text.encode(),
+                    body=" ".join(passage.tokens),
+                )
+            )
+        writer.commit()
+        writer.wait_merging_threads()
+        return cls(index)
+
+    @classmethod
+    def load(cls, directory: Path) -> _TantivyBackend:
+        return cls(tantivy.Index.open(str(directory)))
+
+    def __len__(self) -> int:
+        return self._searcher.num_docs
+
+    def search_tokens(self, tokens: list[str], k: int) -> list[Hit]:
+        if not tokens:
+            return []
+        # One SHOULD clause per query token, repeats included: BM25 sums over query terms, and
+        # rank_bm25 counts a repeated term twice as well.
+        query = tantivy.Query.boolean_query(
+            [
+                (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "body", token))
+                for token in tokens
+            ]
+        )
+        result = self._searcher.search(query, k, count=False)
+        return [self._hit(address, score) for score, address in result.hits]
+
+    def get(self, passage_id: str) -> dict[str, str]:
+        query = tantivy.Query.term_query(self._schema, "id", passage_id)
+        hits = self._searcher.search(query, 1, count=False).hits
+        if not hits:
+            raise KeyError(passage_id)
+        hit = self._hit(hits[0][1], 0.0)
+        return {"id": hit.id, "title": hit.title, "text": hit.text}
+
+    def _hit(self, address: tantivy.DocAddress, score: float) -> Hit:
+        document = self._searcher.doc(address)
+        return Hit(
+            id=document.get_first("id"),
+            title=document.get_first("title").decode(),
+            text=document.get_first("text").decode(),
+            score=float(score),
+        )
+
+
+class _PassageStore:
+    """Passages as JSONL plus an array of line offsets, read through mmap (thread-safe, no seek)."""
+
+    JSONL = "passages.jsonl"
+    OFFSETS = "offsets.npy"
+
+    def __init__(self, directory: Path):
+        self._offsets = np.load(directory / self.OFFSETS, mmap_mode="r")
+        with open(directory / self.JSONL, "rb") as file:
+            self._data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    @classmethod
+    def write(cls, passages: Iterable[_Passage], directory: Path) -> Iterator[_Passage]:
+        """Append each passage to the store and pass it on, so one pass over a stream does both."""
+        offsets = [0]
+        with open(directory / cls.JSONL, "wb") as file:
+            for passage in passages:
+                line = json.dumps({"id": passage.id, "title": passage.title, "text": passage.text})
+                offsets.append(offsets[-1] + file.write(line.encode() + b"\n"))
+                yield passage
+        np.save(directory / cls.OFFSETS, np.asarray(offsets, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, row: int) -> dict[str, str]:
+        return json.loads(self._data[self._offsets[row] : self._offsets[row + 1]])
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        return (self[row] for row in range(len(self)))
+
+
+class _RankBM25Backend:
+    """The reference: ``rank_bm25.BM25Okapi`` over the same tokens, passages in a JSONL store."""
+
+    name = "rank_bm25"
+
+    def __init__(self, tokenized_passages: list[list[str]], store: _PassageStore):
+        self._bm25 = rank_bm25.BM25Okapi(tokenized_passages, k1=BM25_K1, b=BM25_B)
+        self._store = store
+
+    @functools.cached_property
+    def _row_of_id(self) -> dict[str, int]:
+        return {passage["id"]: row for row, passage in enumerate(self._store)}
+
+    @classmethod
+    def build(cls, passages: Iterable[_Passage], directory: Path) -> _RankBM25Backend:
+        tokenized = [passage.tokens for passage in _PassageStore.write(passages, directory)]
+        return cls(tokenized, _PassageStore(directory))
+
+    @classmethod
+    def load(cls, directory: Path) -> _RankBM25Backend:
+        store = _PassageStore(directory)
+        return cls([_as_passage(passage, row).tokens for row, passage in enumerate(store)], store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def search_tokens(self, tokens: list[str], k: int) -> list[Hit]:
+        if not tokens:
+            return []
+        scores = self._bm25.get_scores(tokens)
+        # Only passages that contain a query term, as tantivy returns; ties broken by row.
+        matching = np.flatnonzero(scores > 0)
+        best = matching[np.lexsort((matching, -scores[matching]))][:k]
+        return [Hit(score=float(scores[row]), **self._store[row]) for row in best]
+
+    def get(self, passage_id: str) -> dict[str, str]:
+        return self._store[self._row_of_id[passage_id]]
+
+
+_BACKEND_CLASSES = {"tantivy": _TantivyBackend, "rank_bm25": _RankBM25Backend}
+
+
+def _require_empty_directory(directory: Path, what: str) -> None:
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{what} {directory} is not empty; pass a new or empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+class BM25Index:
+    """A BM25 index over passages ``{"id", "title", "text"}``; build it, save it, load it, search it.
+
+    Create one with :meth:`build` or :meth:`load`. Searching is thread-safe.
+    """
+
+    def __init__(
+        self,
+        backend: _Backend,
+        directory: Path,
+        temporary: tempfile.TemporaryDirectory | None = None,
+    ):
+        self._backend = backend
+        self.directory = directory
+        # Keeps an index built without `out_dir` alive on disk as long as this object lives.
+        self._temporary = temporary
+
+    @classmethod
+    def build(
+        cls,
+        passages: Iterable[dict[str, Any]],
+        backend: str = "tantivy",
+        out_dir: str | Path | None = None,
+        show_progress: bool = True,
+    ) -> BM25Index:
+        """Index passages in one streaming pass.
+
+        Args:
+            passages: Dicts with ``id`` and ``text`` and optionally ``title``; any iterable,
+                consumed once. Ids are compared as strings and should be unique: ``get`` returns
+                the first passage with an id.
+            backend: ``"tantivy"`` (fast, on disk) or ``"rank_bm25"`` (pure-Python reference).
+            out_dir: A new or empty directory for the index; a temporary one if None (deleted
+                when the index is garbage-collected; :meth:`save` it to keep it).
+            show_progress: Show a tqdm bar counting passages.
+        """
+        if backend not in _BACKEND_CLASSES:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        total = len(passages) if hasattr(passages, "__len__") else None
+        progress = tqdm(
+            passages,
+            total=total,
+            unit=" passages",
+            desc=f"indexing ({backend})",
+            disable=not show_progress,
+        )
+        checked = (_as_passage(row, position) for position, row in enumerate(progress))
+        # Peek before touching the disk: neither backend can build over zero passages.
+        first = next(checked, None)
+        if first is None:
+            raise ValueError("no passages to index: the input was empty")
+        temporary = None
+        if out_dir is None:
+            temporary = tempfile.TemporaryDirectory(prefix="agentenv-bm25-")
+            directory = Path(temporary.name)
+        else:
+            directory = Path(out_dir)
+            _require_empty_directory(directory, "out_dir")
+        backend_index = _BACKEND_CLASSES[backend].build(
+            itertools.chain([first], checked), directory
+        )
+        progress.close()
+        index = cls(backend_index, directory, temporary)
+        index._write_manifest()
+        return index
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BM25Index:
+        """Open a saved index; tantivy's files are memory-mapped, not read into RAM."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        return cls(_BACKEND_CLASSES[manifest["backend"]].load(directory), directory)
+
+    def save(self, directory: str | Path) -> None:
+        """Copy the index into a new or empty directory (nothing to do if it already lives there)."""
+        directory = Path(directory)
+        if directory.exists() and directory.resolve() == self.directory.resolve():
+            return
+        _require_empty_directory(directory, "save directory")
+        # tantivy's lock files belong to the process that holds the index open.
+        shutil.copytree(
+            self.directory,
+            directory,
+            ignore=shutil.ignore_patterns(".tantivy-*.lock"),
+            dirs_exist_ok=True,
+        )
+
+    @property
+    def backend(self) -> str:
+        """The backend's name: ``"tantivy"`` or ``"rank_bm25"``."""
+        return self._backend.name
+
+    def __len__(self) -> int:
+        return len(self._backend)
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        """The ``k`` best passages for ``query``, best first; fewer if fewer contain a query term."""
+        return self.search_batch([query], k)[0]
+
+    def search_batch(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
+        """:meth:`search` for each query; one list of hits per query, in order."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        return [self._backend.search_tokens(tokenize(query), k) for query in queries]
+
+    def get(self, passage_id: str) -> dict[str, str]:
+        """The passage ``{"id", "title", "text"}`` with this id; ``KeyError`` if there is none."""
+        return self._backend.get(str(passage_id))
+
+    def _write_manifest(self) -> None:
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "backend": self.backend,
+            "passages": len(self),
+            "k1": BM25_K1,
+            "b": BM25_B,
+            "tokenizer": "lowercase; runs of letters and digits; Lucene English stopwords",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        (self.directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The ``index.json`` of an index directory, checked; raises ValueError naming the problem."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a BM25 index: {MANIFEST} is missing (build one with `agentenv index build`)"
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {manifest.get('format_version')!r}; this agentenv reads {FORMAT_VERSION}"
+        )
+    if manifest.get("backend") not in _BACKEND_CLASSES:
+        raise ValueError(
+            f"{path}: unknown backend {manifest.get('backend')!r}; expected one of {', '.join(BACKENDS)}"
+        )
+    return manifest

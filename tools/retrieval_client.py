@@ -1,0 +1,192 @@
+"""A client for retrieval servers: ours (``agentenv serve-retriever``), Search-R1's and FlashRAG's.
+
+Requests follow the server's URL:
+
+- ``http://host:port`` or ``.../retrieve``: the Search-R1 protocol,
+  ``POST {"queries": [...], "topk": k, "return_scores": true}`` ->
+  ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}``.
+- ``.../batch_search``: FlashRAG's serving script (as ReSearch runs it),
+  ``POST {"query": [...], "top_n": k, "return_score": true}`` -> ``[[documents...], [[scores...]]]``.
+
+Documents carry ``contents = '"Title"\\ntext'`` (wiki-18) or separate ``title`` and ``text``. Connection
+errors and 5xx answers are retried with exponential backoff; whatever still fails raises
+:class:`RetrieverError` with the URL and the cause, which the search tool shows the policy as an
+error observation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from agentenv.tools.bm25 import Hit
+
+
+class RetrieverError(RuntimeError):
+    """The retrieval server could not be reached, refused the request, or answered nonsense."""
+
+
+def split_contents(contents: str) -> tuple[str, str]:
+    """wiki-18's ``contents`` -> (title, text): the first line, unquoted, is the title."""
+    title, _, text = contents.partition("\n")
+    return title.strip().strip('"'), text
+
+
+def _hit_from_document(document: Any, score: float) -> Hit:
+    if not isinstance(document, dict):
+        raise ValueError(f"a document must be a JSON object, got {type(document).__name__}")
+    if "text" in document:
+        title, text = document.get("title") or "", document["text"]
+    elif "contents" in document:
+        title, text = split_contents(document["contents"])
+    else:
+        raise ValueError(f"a document needs 'contents' or 'text', got keys {sorted(document)}")
+    return Hit(id=str(document.get("id", "")), title=title, text=text, score=float(score))
+
+
+def _hits_from_items(items: Any, scores: Any = None) -> list[Hit]:
+    """One query's results: ``{"document", "score"}`` pairs, or bare documents with scores apart."""
+    if not isinstance(items, list):
+        raise ValueError(f"a query's results must be a list, got {type(items).__name__}")
+    if scores is None:
+        scores = [0.0] * len(items)
+    if not isinstance(scores, list) or len(scores) != len(items):
+        raise ValueError("scores do not line up with the documents")
+    return [
+        _hit_from_document(item["document"], item.get("score", 0.0))
+        if isinstance(item, dict) and "document" in item
+        else _hit_from_document(item, score)
+        for item, score in zip(items, scores, strict=True)
+    ]
+
+
+def parse_response(payload: Any, num_queries: int) -> list[list[Hit]]:
+    """Hits per query from a Search-R1 or FlashRAG response body, with or without scores.
+
+    Documents without scores get score 0.0. Raises ValueError if the shape is none of these.
+    """
+    if isinstance(payload, dict) and "result" in payload:
+        per_query, scores = payload["result"], None
+    elif (
+        isinstance(payload, list)
+        and len(payload) == 2
+        and isinstance(payload[0], list)
+        and len(payload[0]) == num_queries
+        and all(isinstance(results, list) for results in payload[0])
+        and isinstance(payload[1], list)
+        and len(payload[1]) == num_queries
+    ):
+        # FlashRAG with return_score: a pair (documents per query, scores per query).
+        per_query, scores = payload
+    elif isinstance(payload, list):
+        per_query, scores = payload, None
+    else:
+        raise ValueError(f"expected {{'result': [...]}} or a list, got {type(payload).__name__}")
+    if not isinstance(per_query, list) or len(per_query) != num_queries:
+        raise ValueError(f"expected results for {num_queries} queries")
+    if scores is None:
+        return [_hits_from_items(items) for items in per_query]
+    return [
+        _hits_from_items(items, query_scores)
+        for items, query_scores in zip(per_query, scores, strict=True)
+    ]
+
+
+class RetrieverClient:
+    """Search a retrieval server over HTTP, with pooled connections and bounded retries.
+
+    Args:
+        url: The server, e.g. ``http://127.0.0.1:8000`` (Search-R1 ``/retrieve`` is appended), or
+            a full endpoint URL ending in ``/retrieve`` or FlashRAG's ``/batch_search``.
+        timeout_s: Per-request timeout (connect, read, write). A timeout is not retried: a slow
+            server would only get slower under repeated requests.
+        max_retries: Extra attempts after a connection error or a 5xx answer.
+        backoff_s: Wait before the first retry; doubles for each further one.
+
+    Thread-safe; close it (or use it as a context manager) to release its connections.
+    """
+
+    def __init__(
+        self, url: str, timeout_s: float = 10.0, max_retries: int = 3, backoff_s: float = 0.2
+    ):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"url must look like http://host:port, got {url!r}")
+        path = parts.path.rstrip("/")
+        self.url = url.rstrip("/") + ("/retrieve" if not path else "")
+        self.flashrag = path.endswith("/batch_search")
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self._http = httpx.Client(timeout=timeout_s)
+
+    def search(self, query: str, k: int) -> list[Hit]:
+        """The ``k`` best passages for one query."""
+        return self.search_batch([query], k)[0]
+
+    def search_batch(self, queries: list[str], k: int) -> list[list[Hit]]:
+        """The ``k`` best passages for each query, in one request. Raises :class:`RetrieverError`."""
+        if not queries:
+            return []
+        if self.flashrag:
+            body = {"query": list(queries), "top_n": k, "return_score": True}
+        else:
+            body = {"queries": list(queries), "topk": k, "return_scores": True}
+        response = self._post(body)
+        try:
+            return parse_response(response.json(), len(queries))
+        except ValueError as error:
+            raise RetrieverError(
+                f"retriever at {self.url} sent an unexpected response: {error}"
+            ) from None
+
+    def _post(self, body: dict[str, Any]) -> httpx.Response:
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                response = self._http.post(self.url, json=body)
+            except httpx.TimeoutException:
+                raise RetrieverError(
+                    f"retriever at {self.url} did not answer within {self.timeout_s} s"
+                ) from None
+            # RemoteProtocolError: the server closed a pooled keep-alive connection under us.
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
+                problem = f"cannot connect ({str(error) or type(error).__name__})"
+            except httpx.TransportError as error:
+                raise RetrieverError(
+                    f"retriever at {self.url}: request failed ({type(error).__name__}: {error})"
+                ) from None
+            else:
+                if response.status_code < 500:
+                    break
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            if attempt + 1 < attempts:
+                time.sleep(self.backoff_s * 2**attempt)
+        else:
+            raise RetrieverError(
+                f"retriever at {self.url} failed after {attempts} attempt(s): {problem}"
+            )
+        if response.status_code >= 400:
+            raise RetrieverError(
+                f"retriever at {self.url} refused the request (HTTP {response.status_code}): {_error_message(response)}"
+            )
+        return response
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RetrieverClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
