@@ -84,11 +84,11 @@ def load_corpus(path: str | Path) -> Iterator[dict]:
             yield {"id": str(record["id"]), "title": record["title"], "text": record["text"]}
         else:
             _require_keys(path, location, record, WIKI18_PASSAGE_KEYS)
-            title, text = _split_wiki18_contents(record["contents"])
+            title, text = split_wiki18_contents(record["contents"])
             yield {"id": str(record["id"]), "title": title, "text": text}
 
 
-def _split_wiki18_contents(contents: str) -> tuple[str, str]:
+def split_wiki18_contents(contents: str) -> tuple[str, str]:
     """'"Aaron"\\nAaron is a prophet...' -> ("Aaron", "Aaron is a prophet...")."""
     first_line, _, text = contents.partition("\n")
     title = first_line.strip()

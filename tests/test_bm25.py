@@ -307,7 +307,7 @@ def test_cli_names_the_bad_line_of_a_corpus(tmp_path, capsys):
         )
         == 1
     )
-    assert "corpus.jsonl:2: not valid JSON" in capsys.readouterr().err
+    assert "corpus.jsonl, line 2: not valid JSON" in capsys.readouterr().err
 
 
 def test_cli_info_on_a_missing_index_fails_with_a_message(tmp_path, capsys):

@@ -9,41 +9,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agentenv.corpora.loaders import load_corpus
 from agentenv.tools.bm25 import BACKENDS, BM25Index, read_manifest
-from agentenv.tools.retrieval_client import split_contents
-
-
-def _read_corpus(path: Path) -> Iterator[dict[str, str]]:
-    """Passages from JSONL (``.gz`` allowed): ``{"id","title","text"}`` or wiki-18's ``{"id","contents"}``."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as file:
-        for line_number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error})") from None
-            if (
-                not isinstance(row, dict)
-                or "id" not in row
-                or not ("text" in row or "contents" in row)
-            ):
-                raise ValueError(
-                    f"{path}:{line_number}: expected an object with 'id' and 'text' (or wiki-18's 'contents')"
-                )
-            if "text" in row:
-                yield {"id": row["id"], "title": row.get("title") or "", "text": row["text"]}
-            else:
-                title, text = split_contents(row["contents"])
-                yield {"id": row["id"], "title": title, "text": text}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "build":
             index = BM25Index.build(
-                _read_corpus(args.corpus), backend=args.backend, out_dir=args.out
+                load_corpus(args.corpus), backend=args.backend, out_dir=args.out
             )
             print(f"indexed {len(index)} passages ({index.backend}) into {args.out}")
         else:

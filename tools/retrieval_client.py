@@ -22,17 +22,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from agentenv.corpora.loaders import split_wiki18_contents
 from agentenv.tools.bm25 import Hit
 
 
 class RetrieverError(RuntimeError):
     """The retrieval server could not be reached, refused the request, or answered nonsense."""
-
-
-def split_contents(contents: str) -> tuple[str, str]:
-    """wiki-18's ``contents`` -> (title, text): the first line, unquoted, is the title."""
-    title, _, text = contents.partition("\n")
-    return title.strip().strip('"'), text
 
 
 def _hit_from_document(document: Any, score: float) -> Hit:
@@ -41,7 +36,7 @@ def _hit_from_document(document: Any, score: float) -> Hit:
     if "text" in document:
         title, text = document.get("title") or "", document["text"]
     elif "contents" in document:
-        title, text = split_contents(document["contents"])
+        title, text = split_wiki18_contents(document["contents"])
     else:
         raise ValueError(f"a document needs 'contents' or 'text', got keys {sorted(document)}")
     return Hit(id=str(document.get("id", "")), title=title, text=text, score=float(score))
