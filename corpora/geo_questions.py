@@ -151,15 +151,20 @@ class SplitEntities:
         )
 
 
-def record(kind: str, question: str, answers: list[str], entities: list[str], calculator=False):
-    return {
+def record(kind: str, question: str, answers: list[str], entities: list[str], expression: str | None = None):
+    """A question record; ``expression`` is the calculator input that answers it from the passages'
+    numbers (an oracle's call, used by the SFT warm start)."""
+    fields = {
         "question": question,
         "answers": answers,
         "kind": kind,
         "entities": entities,
         "hops": len(entities),
-        "needs_calculator": calculator,
+        "needs_calculator": expression is not None,
     }
+    if expression is not None:
+        fields["expression"] = expression
+    return fields
 
 
 def city_population(city: City, split: SplitEntities, rng: random.Random) -> dict:
@@ -298,7 +303,7 @@ def country_population_density(country: Country, split: SplitEntities, rng: rand
         question,
         integer_forms(int(density)),
         [country.passage_id],
-        calculator=True,
+        expression=f"round({country.population} / {country.area_km2})",
     )
 
 
@@ -315,7 +320,7 @@ def population_difference(larger: City, smaller: City, split: SplitEntities, rng
         question,
         integer_forms(larger.population - smaller.population),
         [larger.passage_id, smaller.passage_id],
-        calculator=True,
+        expression=f"{larger.population} - {smaller.population}",
     )
 
 
@@ -331,7 +336,7 @@ def population_ratio(larger: City, smaller: City, split: SplitEntities, rng) -> 
         question,
         decimal_forms(ratio),
         [larger.passage_id, smaller.passage_id],
-        calculator=True,
+        expression=f"round({larger.population} / {smaller.population}, 2)",
     )
 
 

@@ -138,3 +138,14 @@ def test_rebuilding_gives_identical_bytes(tmp_path):
     for name in ("passages", *SPLITS):
         shipped = geo_path(name)
         assert (tmp_path / shipped.name).read_bytes() == shipped.read_bytes(), shipped.name
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_calculator_questions_carry_an_expression_the_calculator_answers(split):
+    from agentenv.rewards import exact_match
+    from agentenv.tools.calculator import evaluate
+
+    questions = [q for q in load_questions(geo_path(split)) if q.extra.get("needs_calculator")]
+    assert questions
+    for question in questions:
+        assert exact_match(evaluate(question.extra["expression"]), question.answers), question
