@@ -1,0 +1,380 @@
+"""`agentenv eval`: answers on held-out questions, for the agent and for the baselines.
+
+Three modes, all run through the same ``ToolEnv`` and rollout driver as training (evaluation is a
+rollout without updates):
+
+* ``agent`` — the multi-turn search + calculator environment;
+* ``rag`` — retrieve the top-k passages with the question, answer in one turn (no tools);
+* ``closed-book`` — answer in one turn from the model's own knowledge (no tools).
+
+Greedy by default; ``--samples k`` samples k answers per question (temperature 1) and reports
+pass@k next to the mean EM. Writes ``summary.json``, one ``transcripts-<mode>.jsonl`` per mode and a
+bar chart of the modes; ``--compare A B`` puts two summaries side by side with a paired bootstrap
+interval on the EM difference.
+
+    agentenv eval --model embedded --questions geo:test --limit 200 --mode closed-book rag agent
+    agentenv eval --model runs/cpu-smollm2 --questions geo:test --limit 200 --mode agent --out runs/eval-trained
+    agentenv eval --compare runs/eval-base runs/eval-trained
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agentenv.trainers.policy import PolicyNotFound
+
+MODES = ("closed-book", "rag", "agent")
+
+CLOSED_BOOK_PROMPT = (
+    "Answer the question with a short answer (a name, a number or a code). "
+    "Write the final answer as <answer>your answer</answer>."
+)
+RAG_PROMPT = (
+    "Answer the question using the passages given with it. Give a short answer (a name, a "
+    "number or a code) and write it as <answer>your answer</answer>."
+)
+
+
+class EvalError(Exception):
+    """A problem with the user's input (path, format, option); printed without a traceback."""
+
+
+# --- building the environments ----------------------------------------------------------------
+
+
+def build_envs(mode: str, count: int, tokenizer: Any, search_tool: Any, env_kwargs: dict[str, Any]):
+    """``count`` environments for one mode, sharing one tokenizer and one search tool."""
+    from agentenv import ToolEnv
+    from agentenv.tools import calculator
+
+    if mode == "agent":
+        return [ToolEnv([search_tool, calculator], tokenizer=tokenizer, **env_kwargs) for _ in range(count)]
+    prompt = RAG_PROMPT if mode == "rag" else CLOSED_BOOK_PROMPT
+    one_turn = {**env_kwargs, "max_turns": 1}
+    return [ToolEnv([], tokenizer=tokenizer, system_prompt=prompt, **one_turn) for _ in range(count)]
+
+
+def rag_questions(questions: list[dict[str, Any]], search_tool: Any) -> list[dict[str, Any]]:
+    """The question with its retrieved passages in front, formatted as the search tool shows them."""
+    outputs = search_tool.run_batch([{"query": q["question"]} for q in questions])
+    return [
+        {**q, "question": f"Passages:\n{out.text}\n\nQuestion: {q['question']}", "original_question": q["question"]}
+        for q, out in zip(questions, outputs, strict=True)
+    ]
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def bootstrap_interval(values: Sequence[float], samples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean."""
+    if not values:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    return means[int(0.025 * samples)], means[int(0.975 * samples) - 1]
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-question means over samples, then means over questions; EM with a 95 % interval."""
+    by_question: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_question[record["id"]].append(record)
+
+    def question_mean(key: str) -> list[float]:
+        return [sum(float(r[key]) for r in rs) / len(rs) for rs in by_question.values()]
+
+    em = question_mean("exact_match")
+    low, high = bootstrap_interval(em)
+    summary = {
+        "questions": len(by_question),
+        "samples_per_question": max((len(rs) for rs in by_question.values()), default=0),
+        "exact_match": _mean(em),
+        "exact_match_ci95": [low, high],
+        "pass_at_k": _mean([float(any(r["exact_match"] for r in rs)) for rs in by_question.values()]),
+        "f1": _mean(question_mean("f1")),
+        "searches": _mean(question_mean("searches")),
+        "calculator_calls": _mean(question_mean("calculator_calls")),
+        "turns": _mean(question_mean("turns")),
+        "valid_format": _mean(question_mean("format_valid")),
+        "policy_tokens": _mean(question_mean("policy_tokens")),
+    }
+    kinds: dict[str, list[float]] = defaultdict(list)
+    for rs in by_question.values():
+        kinds[rs[0].get("kind") or "unknown"].append(sum(r["exact_match"] for r in rs) / len(rs))
+    summary["exact_match_by_kind"] = {kind: {"n": len(v), "exact_match": _mean(v)} for kind, v in sorted(kinds.items())}
+    return summary
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+# --- running one mode ---------------------------------------------------------------------------
+
+
+def evaluate_mode(
+    mode: str,
+    engine: Any,
+    tokenizer: Any,
+    questions: list[dict[str, Any]],
+    search_tool: Any,
+    samples: int,
+    sampling: Any,
+    env_kwargs: dict[str, Any],
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Run every question ``samples`` times in ``mode``; one record per episode."""
+    from tqdm import tqdm
+
+    from agentenv.trainers.rollout import rollout
+
+    questions_per_batch = max(1, batch_size // samples)
+    envs = build_envs(mode, questions_per_batch * samples, tokenizer, search_tool, env_kwargs)
+    records: list[dict[str, Any]] = []
+    progress = tqdm(total=len(questions), desc=f"eval {mode}", unit="q", file=sys.stderr)
+    for start in range(0, len(questions), questions_per_batch):
+        chunk = questions[start : start + questions_per_batch]
+        if mode == "rag":
+            chunk = rag_questions(chunk, search_tool)
+        batch = rollout(engine, envs[: len(chunk) * samples], chunk, samples, sampling)
+        for index, episode in enumerate(batch.episodes):
+            records.append(episode_record(mode, episode, index % samples, tokenizer))
+        progress.update(len(chunk))
+    progress.close()
+    return records
+
+
+def episode_record(mode: str, episode: Any, sample: int, tokenizer: Any) -> dict[str, Any]:
+    question = episode.question
+    trajectory = episode.trajectory
+    components = episode.reward_components
+    return {
+        "mode": mode,
+        "id": question.get("id"),
+        "kind": question.get("kind"),
+        "question": question.get("original_question", question["question"]),
+        "answers": question["answers"],
+        "sample": sample,
+        "answer": episode.answer,
+        "exact_match": components.get("exact_match", 0.0),
+        "f1": components.get("f1", 0.0),
+        "reward": episode.reward,
+        "format_valid": bool(episode.format_valid),
+        "searches": episode.tool_calls.get("search", 0),
+        "calculator_calls": episode.tool_calls.get("calculator", 0),
+        "turns": episode.num_turns,
+        "finish_reason": episode.finish_reason,
+        "policy_tokens": trajectory.count("policy"),
+        "transcript": tokenizer.decode(trajectory.token_ids[trajectory.prompt_length :]),
+    }
+
+
+# --- tables and plots ---------------------------------------------------------------------------
+
+
+def format_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Modes as rows; EM with its interval, F1, pass@k, tool use, format, tokens."""
+    header = f"{'mode':<14}{'n':>5}  {'EM':>6} {'95% CI':>15}  {'F1':>6}  {'pass@k':>6}  {'search':>6}  {'calc':>5}  {'turns':>5}  {'format':>6}  {'tokens':>6}"
+    lines = [header, "-" * len(header)]
+    for mode, s in summaries.items():
+        low, high = s["exact_match_ci95"]
+        lines.append(
+            f"{mode:<14}{s['questions']:>5}  {s['exact_match']:>6.3f} {f'[{low:.3f}, {high:.3f}]':>15}  "
+            f"{s['f1']:>6.3f}  {s['pass_at_k']:>6.3f}  {s['searches']:>6.2f}  {s['calculator_calls']:>5.2f}  "
+            f"{s['turns']:>5.2f}  {s['valid_format']:>6.3f}  {s['policy_tokens']:>6.1f}"
+        )
+    kinds = sorted({kind for s in summaries.values() for kind in s["exact_match_by_kind"]})
+    if kinds:
+        lines += ["", f"{'EM by kind':<28}" + "".join(f"{mode:>13}" for mode in summaries)]
+        for kind in kinds:
+            cells = []
+            for s in summaries.values():
+                entry = s["exact_match_by_kind"].get(kind)
+                cells.append(f"{entry['exact_match']:>7.3f} ({entry['n']:>3})" if entry else f"{'-':>13}")
+            lines.append(f"{kind:<28}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def plot_modes(summaries: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """A bar chart of EM (with its interval) and F1 per mode; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    modes = list(summaries)
+    em = [summaries[m]["exact_match"] for m in modes]
+    f1 = [summaries[m]["f1"] for m in modes]
+    errors = [
+        [e - summaries[m]["exact_match_ci95"][0] for m, e in zip(modes, em, strict=True)],
+        [summaries[m]["exact_match_ci95"][1] - e for m, e in zip(modes, em, strict=True)],
+    ]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(modes), 3.6))
+    xs = range(len(modes))
+    ax.bar([x - 0.2 for x in xs], em, width=0.4, yerr=errors, capsize=4, label="exact match (95% CI)", color="#3b75af")
+    ax.bar([x + 0.2 for x in xs], f1, width=0.4, label="token F1", color="#ef8636")
+    for x, value in zip(xs, em, strict=True):
+        ax.annotate(f"{value:.2f}", (x - 0.2, value), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(list(xs), modes)
+    ax.set_ylim(0, max(1e-3, *em, *f1) * 1.3)
+    ax.set_ylabel("score")
+    n = next(iter(summaries.values()))["questions"]
+    ax.set_title(title or f"held-out questions (n = {n})")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    file = path / "summary.json" if path.is_dir() else path
+    if not file.is_file():
+        raise EvalError(f"{path}: no summary.json (run `agentenv eval ... --out {path}` first)")
+    return json.loads(file.read_text())
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, float, int]:
+    """Mean EM(b) − EM(a) over the questions both runs answered, with a paired 95 % interval."""
+    em_a, em_b = a["per_question_exact_match"], b["per_question_exact_match"]
+    shared = sorted(set(em_a) & set(em_b))
+    differences = [em_b[q] - em_a[q] for q in shared]
+    low, high = bootstrap_interval(differences)
+    return _mean(differences), low, high, len(shared)
+
+
+def format_comparison(name_a: str, a: dict[str, Any], name_b: str, b: dict[str, Any]) -> str:
+    lines = [f"{'':<16}{'metric':<18}{name_a[-22:]:>24}{name_b[-22:]:>24}{'Δ':>10}"]
+    for mode in [m for m in MODES if m in a["modes"] or m in b["modes"]]:
+        sa, sb = a["modes"].get(mode), b["modes"].get(mode)
+        for metric in ("exact_match", "f1", "searches", "calculator_calls", "valid_format"):
+            va = sa[metric] if sa else float("nan")
+            vb = sb[metric] if sb else float("nan")
+            lines.append(f"{mode:<16}{metric:<18}{va:>24.3f}{vb:>24.3f}{vb - va:>+10.3f}")
+        if sa and sb:
+            diff, low, high, n = paired_difference(sa, sb)
+            lines.append(f"{mode:<16}{'EM diff (paired)':<18}{f'{diff:+.3f} [{low:+.3f}, {high:+.3f}] over {n} questions':>58}")
+    return "\n".join(lines)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="embedded", help="hub id, local folder, training run or checkpoint, LoRA adapter folder, or 'embedded'")
+    parser.add_argument("--questions", default="geo:test", help="geo:test / geo:dev / geo:train, or a JSONL/Parquet file any loader reads")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions (a fixed slice)")
+    parser.add_argument("--index", default=None, help="BM25 index folder (default: the shipped geo index)")
+    parser.add_argument("--retriever-url", default=None, help="a Search-R1-protocol retrieval server instead of --index")
+    parser.add_argument("--mode", nargs="+", default=list(MODES), choices=MODES, help="modes to run (default: all three)")
+    parser.add_argument("--engine", default="transformers", choices=("transformers", "vllm"))
+    parser.add_argument("--samples", type=int, default=1, help="samples per question (k of pass@k); >1 samples at temperature 1")
+    parser.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for one sample, 1 for several")
+    parser.add_argument("--max-turns", type=int, default=4)
+    parser.add_argument("--max-turn-tokens", type=int, default=128)
+    parser.add_argument("--max-total-tokens", type=int, default=1536)
+    parser.add_argument("--passages", type=int, default=3, help="passages per search (and for rag)")
+    parser.add_argument("--batch-size", type=int, default=32, help="episodes generated together")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="output folder (default runs/eval-<time>)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two eval outputs side by side and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.compare:
+            a, b = (load_summary(path) for path in args.compare)
+            print(format_comparison(args.compare[0], a, args.compare[1], b))
+            return 0
+        return _evaluate(args)
+    except (EvalError, PolicyNotFound) as error:
+        print(f"agentenv eval: error: {error}", file=sys.stderr)
+        return 2
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail fast, before any model loads, on paths and options that cannot work."""
+    if args.samples < 1:
+        raise EvalError(f"--samples must be at least 1, got {args.samples}")
+    if args.limit is not None and args.limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {args.limit}")
+    if not args.questions.startswith("geo:") and not Path(args.questions).is_file():
+        raise EvalError(f"--questions {args.questions}: no such file (or use geo:test, geo:dev, geo:train)")
+    if args.index is not None and not (Path(args.index) / "index.json").is_file():
+        raise EvalError(f"--index {args.index}: not a BM25 index folder (build one with `agentenv index build`)")
+    if args.index and args.retriever_url:
+        raise EvalError("give --index or --retriever-url, not both")
+
+
+def load_questions_for_eval(spec: str, limit: int | None) -> list[dict[str, Any]]:
+    from agentenv.corpora import DataFormatError
+    from agentenv.envs import load_question_set
+
+    try:
+        questions = load_question_set(spec)
+    except (DataFormatError, FileNotFoundError, ValueError) as error:
+        raise EvalError(str(error)) from None
+    if not questions:
+        raise EvalError(f"--questions {spec}: no questions")
+    return questions[:limit] if limit else questions
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    check_inputs(args)
+    questions = load_questions_for_eval(args.questions, args.limit)
+
+    from agentenv.envs import make_search_tool
+    from agentenv.trainers.engines import SamplingConfig
+    from agentenv.trainers.policy import load_policy_engine
+
+    engine, tokenizer, model_description = load_policy_engine(args.model, args.engine)
+    search = None
+    if {"agent", "rag"} & set(args.mode):
+        search = make_search_tool(args.index, args.retriever_url, k=args.passages, tokenizer=tokenizer)
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
+    sampling = SamplingConfig(temperature=temperature, max_new_tokens=args.max_turn_tokens, seed=args.seed)
+    env_kwargs = {"max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens, "max_total_tokens": args.max_total_tokens}
+
+    out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    summaries: dict[str, dict[str, Any]] = {}
+    for mode in [m for m in MODES if m in args.mode]:
+        started = time.perf_counter()
+        records = evaluate_mode(mode, engine, tokenizer, questions, search, args.samples, sampling, env_kwargs, args.batch_size)
+        with (out / f"transcripts-{mode}.jsonl").open("w") as file:
+            for record in records:
+                file.write(json.dumps(record) + "\n")
+        summary = summarise(records)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        summary["per_question_exact_match"] = {
+            qid: _mean([r["exact_match"] for r in records if r["id"] == qid]) for qid in dict.fromkeys(r["id"] for r in records)
+        }
+        summaries[mode] = summary
+
+    (out / "summary.json").write_text(json.dumps({
+        "model": model_description,
+        "questions": args.questions,
+        "limit": args.limit,
+        "engine": args.engine,
+        "samples": args.samples,
+        "temperature": temperature,
+        "modes": summaries,
+    }, indent=2) + "\n")
+    print(f"model: {model_description}   questions: {args.questions} ({len(questions)})")
+    print(format_table(summaries))
+    chart = plot_modes(summaries, out / "modes.png")
+    print(f"\nwrote {out / 'summary.json'}, transcripts-<mode>.jsonl" + (f", {chart}" if chart else ""))
+    return 0
