@@ -1,0 +1,161 @@
+"""Checkpoints: a round trip restores weights, optimizer, scheduler and RNG; a killed run resumes
+with the same next batch and the same parameters as an uninterrupted one."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agentenv.models import tiny_random_model
+from agentenv.trainers.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _lora(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(tiny_random_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+
+
+def _train_a_little(model):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    ids = torch.randint(0, 1000, (2, 12))
+    for _ in range(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    return optimizer, scheduler
+
+
+def _trainable(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_round_trip_restores_everything(tmp_path, tokenizer, kind):
+    make = (lambda: tiny_random_model(tokenizer)) if kind == "full" else (lambda: _lora(tokenizer))
+    model = make()
+    optimizer, scheduler = _train_a_little(model)
+    saved = _trainable(model)
+    path = save_checkpoint(tmp_path, 7, model, optimizer, scheduler, {"cursor": 28, "phase": "grpo"}, {"seed": 0})
+    expected_draws = (random.random(), np.random.rand(), torch.rand(1).item())
+
+    fresh = make()
+    fresh_optimizer = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad], lr=0.01)
+    fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 1.0 / (step + 1))
+    assert any(not torch.equal(saved[n], p) for n, p in _trainable(fresh).items())
+    state = load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
+
+    assert state == {"cursor": 28, "phase": "grpo", "step": 7}
+    for name, param in _trainable(fresh).items():
+        assert torch.equal(param, saved[name]), name
+    assert fresh_scheduler.state_dict()["last_epoch"] == scheduler.state_dict()["last_epoch"] == 2
+    assert fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    first = next(iter(optimizer.state.values()))["exp_avg"]
+    assert torch.equal(next(iter(fresh_optimizer.state.values()))["exp_avg"], first)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected_draws
+
+
+def test_keeps_the_last_k_and_ignores_half_written_folders(tmp_path, tokenizer):
+    model = tiny_random_model(tokenizer)
+    optimizer, scheduler = _train_a_little(model)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model, optimizer, scheduler, {"cursor": step}, {}, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000002", "step_000003"]
+    # A save killed before its rename leaves a .tmp folder; a folder without state.json is incomplete.
+    (tmp_path / "checkpoints" / ".tmp-step_000004-x").mkdir()
+    (tmp_path / "checkpoints" / "step_000005").mkdir()
+    assert latest_checkpoint(tmp_path).name == "step_000003"
+
+
+# --- a real run, killed and resumed -----------------------------------------------------------------
+
+# The run: test_learning's trivial environment, where every GRPO step moves the weights.
+_TRAIN = (
+    "import sys; sys.path.insert(0, 'tests'); import test_learning; test_learning.register_no_spaces_env(); "
+    "from agentenv.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def _train_command(out: Path, total_steps: int, *extra: str) -> list[str]:
+    from test_learning import TINY_RUN
+
+    command = [sys.executable, "-c", _TRAIN, "train", "--out", str(out), *extra]
+    # A smaller learning rate than the learning test's: the policy must not converge (zero
+    # advantages, zero gradient) before the last step, or equal weights would prove nothing.
+    settings = [*TINY_RUN, "optim.lr=1e-3", f"max_steps={total_steps}", "checkpoint.every=1", "checkpoint.keep_last=5"]
+    for override in settings:
+        command += ["--set", override]
+    return command
+
+
+def _metrics(run: Path) -> dict[int, dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return {record["step"]: record for record in map(json.loads, lines)}
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(latest_checkpoint(run) / "model" / "model.safetensors")
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, env=_environment(), cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _environment():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_same_batch_and_parameters(tmp_path):
+    total = 5
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _train_command(killed, total), env=_environment(), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        checkpoint = latest_checkpoint(killed)
+        if checkpoint is not None and checkpoint.name >= "step_000002":
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed_from = int(latest_checkpoint(killed).name.split("_")[1])
+    assert 2 <= resumed_from < total, "the run finished before it could be killed"
+
+    _run(_train_command(killed, total, "--resume"))
+    reference = tmp_path / "reference"
+    _run(_train_command(reference, total))
+
+    resumed_metrics, reference_metrics = _metrics(killed), _metrics(reference)
+    assert sorted(resumed_metrics) == list(range(1, total + 1))  # no step lost, none twice
+    next_step = resumed_from + 1
+    assert resumed_metrics[next_step]["data/question_ids"] == reference_metrics[next_step]["data/question_ids"]
+    assert resumed_metrics[next_step]["reward/mean"] == reference_metrics[next_step]["reward/mean"]
+    # Every step after the resume moved the weights, so equal final weights mean equal steps.
+    assert all(reference_metrics[step]["grad_norm"] > 0 for step in range(next_step, total + 1))
+    resumed_weights, reference_weights = _final_weights(killed), _final_weights(reference)
+    assert resumed_weights.keys() == reference_weights.keys()
+    for name, tensor in reference_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name

@@ -1,0 +1,87 @@
+"""The typed training config: YAML, --set overrides, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from agentenv.rewards import RewardConfig
+from agentenv.trainers.config import ConfigError, TrainConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_defaults_are_a_valid_config():
+    config = load_config()
+    assert config == TrainConfig()
+    assert isinstance(config.reward, RewardConfig)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    load_config(path)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("grpo:\n  group_size: 5\n  kl_beta: 0.001\noptim:\n  lr: 1e-6\n")
+    config = load_config(path, ["grpo.group_size=8", "max_steps=2", "env.kwargs.max_turns=3"])
+    assert config.grpo.group_size == 8  # --set wins over the file
+    assert config.grpo.kl_beta == 0.001
+    assert config.optim.lr == 1e-6  # PyYAML reads "1e-6" as a string; the float field converts it
+    assert config.max_steps == 2
+    assert config.env.kwargs == {"max_turns": 3}
+
+
+def test_set_values_are_yaml_scalars():
+    config = load_config(None, ["lora.enabled=false", "grpo.minibatch_size=null", "lora.target_modules=[q_proj, v_proj]"])
+    assert config.lora.enabled is False
+    assert config.grpo.minibatch_size is None
+    assert config.lora.target_modules == ("q_proj", "v_proj")
+
+
+def test_unknown_key_suggests_the_closest_one():
+    with pytest.raises(ConfigError, match=r"unknown key 'grpo\.los_agg'; did you mean 'grpo\.loss_agg'\?"):
+        load_config(None, ["grpo.los_agg=token-mean"])
+
+
+def test_unknown_section_suggests_the_closest_one(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optimizer:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"'optimizer'; did you mean 'optim'\?"):
+        load_config(path)
+
+
+def test_bad_choice_names_key_value_and_allowed_values():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["grpo.loss_agg=sum"])
+    message = str(error.value)
+    assert "grpo.loss_agg" in message and "'sum'" in message
+    assert "token-mean" in message and "seq-mean-token-mean" in message and "seq-mean-token-sum-norm" in message
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"grpo\.group_size: expected an integer, got 'four'"):
+        load_config(None, ["grpo.group_size=four"])
+    with pytest.raises(ConfigError, match=r"lora\.enabled: expected true or false"):
+        load_config(None, ["lora.enabled=3"])
+
+
+def test_out_of_range_values_name_the_key():
+    with pytest.raises(ConfigError, match=r"grpo\.group_size must be at least 1, got 0"):
+        load_config(None, ["grpo.group_size=0"])
+    with pytest.raises(ConfigError, match=r"checkpoint\.every"):
+        load_config(None, ["checkpoint.every=0"])
+
+
+def test_malformed_set_is_explained():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["grpo.group_size"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(None, ["max_steps=3", "max_steps.x=1"])
+
+
+def test_reward_section_is_the_environment_reward_config():
+    config = load_config(None, ["reward.search_free_calls=1", "reward.format_weight=0.5"])
+    assert config.reward == RewardConfig(search_free_calls=1, format_weight=0.5)
+    with pytest.raises(ConfigError, match=r"reward\.answer"):
+        load_config(None, ["reward.answer=bleu"])

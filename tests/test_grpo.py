@@ -1,0 +1,274 @@
+"""The GRPO objective, checked against hand computations on toy tensors and on a tiny real model."""
+
+import math
+
+import pytest
+import torch
+
+from agentenv.models import tiny_random_model
+from agentenv.trainers.grpo import (
+    LOSS_AGGREGATIONS,
+    Episode,
+    GRPOConfig,
+    aggregate_loss,
+    group_advantages,
+    grpo_token_loss,
+    grpo_update,
+    informative_groups,
+    k3_kl,
+    lr_multiplier,
+    pad_trajectories,
+    token_logprobs,
+)
+
+# --- advantages ----------------------------------------------------------------------------------
+
+
+def test_advantage_is_reward_minus_group_mean():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 6.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    advantages = group_advantages(rewards, groups, scale_by_std=False)
+    assert advantages.tolist() == [0.5, -0.5, -0.5, 0.5, -1.0, -1.0, -1.0, 3.0]
+
+
+def test_advantage_divided_by_group_std():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 6.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    advantages = group_advantages(rewards, groups, scale_by_std=True, eps=0.0)
+    # Unbiased std: group 0 → sqrt(4 · 0.25 / 3); group 1 → sqrt((3 · 1 + 9) / 3) = 2.
+    std0 = math.sqrt(1.0 / 3.0)
+    expected = [0.5 / std0, -0.5 / std0, -0.5 / std0, 0.5 / std0, -0.5, -0.5, -0.5, 1.5]
+    assert advantages.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_groups_are_keyed_by_id_not_position():
+    rewards = torch.tensor([1.0, 3.0, 0.0, 5.0])
+    groups = torch.tensor([7, 2, 7, 2])
+    advantages = group_advantages(rewards, groups, scale_by_std=False)
+    assert advantages.tolist() == [0.5, -1.0, -0.5, 1.0]
+
+
+def test_equal_reward_group_has_zero_advantage_and_is_filtered():
+    rewards = torch.tensor([0.1, 0.1, 0.1, 1.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    advantages = group_advantages(rewards, groups, scale_by_std=True)
+    assert advantages[:3].tolist() == [0.0, 0.0, 0.0]
+    assert informative_groups(rewards, groups).tolist() == [False, False, False, True, True, True]
+
+
+# --- KL -------------------------------------------------------------------------------------------
+
+
+def test_k3_kl_is_zero_when_equal_and_positive_otherwise():
+    logp = torch.log(torch.tensor([0.5, 0.5, 0.1, 0.9]))
+    ref = torch.log(torch.tensor([0.5, 0.25, 0.3, 0.2]))
+    kl = k3_kl(logp, ref)
+    assert kl[0].item() == 0.0
+    assert (kl[1:] > 0).all()
+    # ref/π = 0.5: 0.5 − log 0.5 − 1
+    assert kl[1].item() == pytest.approx(0.5 - math.log(0.5) - 1, rel=1e-6)
+
+
+# --- the loss and its gradient, by hand ----------------------------------------------------------
+
+
+def _toy():
+    # 2 sequences × 4 tokens; the mask leaves 3 policy tokens in row 0 and 2 in row 1.
+    logp = torch.log(torch.tensor([[0.5, 0.2, 0.6, 0.3], [0.4, 0.9, 0.5, 0.25]]))
+    old = torch.log(torch.tensor([[0.5, 0.1, 0.5, 0.3], [0.5, 0.5, 0.5, 0.5]]))
+    ref = torch.log(torch.tensor([[0.4, 0.2, 0.6, 0.3], [0.5, 0.5, 0.6, 0.5]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    advantages = torch.tensor([1.0, -2.0])
+    return logp, old, ref, mask, advantages
+
+
+def _hand_loss_and_grad(logp, old, ref, mask, advantages, config, mode, max_len):
+    """Per-token loss and d loss / d logp written out element by element."""
+    n, t = logp.shape
+    token_loss = [[0.0] * t for _ in range(n)]
+    token_grad = [[0.0] * t for _ in range(n)]
+    for i in range(n):
+        A = advantages[i].item()
+        for j in range(t):
+            rho = math.exp(logp[i, j].item() - old[i, j].item())
+            clipped = min(max(rho, 1 - config.clip_eps_low), 1 + config.clip_eps_high)
+            unclipped_term, clipped_term = rho * A, clipped * A
+            # −min(ρA, clip(ρ)A): the gradient flows only when the unclipped term is the min.
+            token_loss[i][j] = -min(unclipped_term, clipped_term)
+            token_grad[i][j] = -rho * A if unclipped_term <= clipped_term else 0.0
+            d = ref[i, j].item() - logp[i, j].item()
+            token_loss[i][j] += config.kl_beta * (math.exp(d) - d - 1)
+            token_grad[i][j] += config.kl_beta * (1 - math.exp(d))
+    # Weights w_ij with loss = Σ w_ij ℓ_ij.
+    counts = [sum(mask[i].tolist()) for i in range(n)]
+    weights = [[0.0] * t for _ in range(n)]
+    for i in range(n):
+        for j in range(t):
+            if mask[i, j] == 0:
+                continue
+            if mode == "token-mean":
+                weights[i][j] = 1 / sum(counts)
+            elif mode == "seq-mean-token-mean":
+                weights[i][j] = 1 / counts[i] / n
+            else:
+                weights[i][j] = 1 / max_len / n
+    loss = sum(weights[i][j] * token_loss[i][j] for i in range(n) for j in range(t))
+    grad = [[weights[i][j] * token_grad[i][j] for j in range(t)] for i in range(n)]
+    return loss, torch.tensor(grad)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGGREGATIONS)
+def test_loss_and_gradient_match_hand_computation(mode):
+    logp, old, ref, mask, advantages = _toy()
+    config = GRPOConfig(clip_eps_low=0.2, clip_eps_high=0.28, kl_beta=0.1, loss_agg=mode)
+    logp = logp.clone().requires_grad_(True)
+    terms = grpo_token_loss(logp, old, advantages, ref, config)
+    loss = aggregate_loss(terms.loss, mask, mode, mask.sum().item(), 2, max_response_tokens=8)
+    loss.backward()
+    expected_loss, expected_grad = _hand_loss_and_grad(logp.detach(), old, ref, mask, advantages, config, mode, 8)
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-5)
+    torch.testing.assert_close(logp.grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_clip_higher_uses_separate_bounds():
+    # ρ = 1.25 with A > 0: inside [0.8, 1.28] (clip-higher), clipped at 1.2 with the symmetric bound.
+    logp, old = torch.log(torch.tensor([[0.5]])), torch.log(torch.tensor([[0.4]]))
+    advantages = torch.tensor([1.0])
+    symmetric = grpo_token_loss(logp, old, advantages, None, GRPOConfig(clip_eps_high=0.2))
+    higher = grpo_token_loss(logp, old, advantages, None, GRPOConfig(clip_eps_high=0.28))
+    assert symmetric.clipped_high.item() and not higher.clipped_high.item()
+    assert symmetric.loss.item() == pytest.approx(-1.2)
+    assert higher.loss.item() == pytest.approx(-1.25)
+
+
+def test_masked_tokens_get_exactly_zero_gradient():
+    logp, old, ref, mask, advantages = _toy()
+    for mode in LOSS_AGGREGATIONS:
+        leaf = logp.clone().requires_grad_(True)
+        terms = grpo_token_loss(leaf, old, advantages, ref, GRPOConfig(kl_beta=0.5, loss_agg=mode))
+        aggregate_loss(terms.loss, mask, mode, mask.sum().item(), 2, max_response_tokens=8).backward()
+        assert (leaf.grad[mask == 0] == 0).all(), mode
+        assert (leaf.grad[mask == 1] != 0).any(), mode
+
+
+def test_lr_warms_up_linearly_then_follows_the_schedule():
+    assert [lr_multiplier(s, 4, 10, "constant") for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cosine = [lr_multiplier(s, 2, 12, "cosine", min_lr_ratio=0.1) for s in (2, 7, 12)]
+    assert cosine == pytest.approx([1.0, 0.55, 0.1])
+
+
+# --- on a tiny real model ----------------------------------------------------------------------
+
+
+def _episodes(vocab: int, seed: int = 0):
+    """Two groups of two episodes: prompt, policy, tool, policy segments of different lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    episodes = []
+    for i, (prompt, policy1, tool, policy2) in enumerate([(5, 4, 3, 2), (5, 3, 4, 4), (6, 2, 0, 0), (6, 5, 2, 1)]):
+        ids = torch.randint(3, vocab, (prompt + policy1 + tool + policy2,), generator=generator).tolist()
+        mask = [0] * prompt + [1] * policy1 + [0] * tool + [1] * policy2
+        episodes.append(Episode(ids, mask, reward=float(i % 2 + i // 2), group=i // 2))
+    return episodes
+
+
+def test_padding_and_shift_align_logprobs_with_their_tokens(tokenizer):
+    model = tiny_random_model(tokenizer)
+    episodes = _episodes(len(tokenizer))
+    batch = pad_trajectories([e.token_ids for e in episodes], [e.policy_mask for e in episodes], tokenizer.pad_token_id)
+    assert batch.start == 5  # the shortest prompt
+    logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.start)
+    for row, episode in enumerate(episodes):
+        ids = torch.tensor([episode.token_ids])
+        full = torch.log_softmax(model(ids).logits[0].float(), -1)
+        for t in range(batch.start, len(episode.token_ids)):
+            # The logits at t−1 score token t.
+            assert logp[row, t - batch.start].item() == pytest.approx(full[t - 1, episode.token_ids[t]].item(), abs=1e-4)
+        # Padding and non-policy positions are outside the mask.
+        mask = batch.targets_mask(torch.tensor([row]), batch.input_ids.shape[1])[0]
+        assert mask.tolist() == [float(m) for m in episode.policy_mask[batch.start :]] + [0.0] * (
+            batch.input_ids.shape[1] - len(episode.token_ids)
+        )
+
+
+def test_single_pass_update_has_ratio_one_and_no_clipping(tokenizer):
+    model = tiny_random_model(tokenizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics = grpo_update(model, optimizer, None, _episodes(len(tokenizer)), GRPOConfig(), tokenizer.pad_token_id)
+    assert metrics["ratio/mean"] == pytest.approx(1.0)
+    assert metrics["clip_fraction/low"] == metrics["clip_fraction/high"] == 0.0
+    assert metrics["grad_norm"] > 0
+    assert metrics["update/policy_tokens"] == sum(sum(e.policy_mask) for e in _episodes(len(tokenizer)))
+
+
+@pytest.mark.parametrize("mode", LOSS_AGGREGATIONS)
+def test_micro_batches_accumulate_to_the_full_batch_gradient(tokenizer, mode):
+    params = []
+    for micro_batch_size in (1, 4):
+        model = tiny_random_model(tokenizer)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        config = GRPOConfig(loss_agg=mode, micro_batch_size=micro_batch_size, max_response_tokens=16)
+        grpo_update(model, optimizer, None, _episodes(len(tokenizer)), config, tokenizer.pad_token_id, max_grad_norm=None)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(params[0], params[1], rtol=1e-4, atol=1e-6)
+
+
+def test_epochs_and_minibatches_take_several_optimizer_steps(tokenizer):
+    model = tiny_random_model(tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    config = GRPOConfig(epochs=2, minibatch_size=2, micro_batch_size=1)
+    metrics = grpo_update(
+        model, optimizer, None, _episodes(len(tokenizer)), config, tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert metrics["update/optimizer_steps"] == 4
+    # logπ_old was computed once, before the first step: the second minibatch sees moved weights.
+    assert metrics["ratio/mean"] != 1.0
+
+
+def test_filtering_drops_equal_reward_groups(tokenizer):
+    model = tiny_random_model(tokenizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    episodes = _episodes(len(tokenizer))
+    episodes[1].reward = episodes[0].reward  # group 0 now has equal rewards
+    config = GRPOConfig(filter_equal_reward_groups=True)
+    metrics = grpo_update(model, optimizer, None, episodes, config, tokenizer.pad_token_id)
+    assert metrics["groups/equal_reward_fraction"] == 0.5
+    assert metrics["update/sequences"] == 2
+
+
+def test_lora_reference_is_the_model_with_its_adapter_disabled(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_random_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    config = GRPOConfig(kl_beta=0.1)
+    episodes = _episodes(len(tokenizer))
+    first = grpo_update(model, optimizer, None, episodes, config, tokenizer.pad_token_id)
+    # LoRA's B starts at zero: before the first step the policy is the reference.
+    assert first["kl"] == pytest.approx(0.0, abs=1e-7)
+    later = [grpo_update(model, optimizer, None, episodes, config, tokenizer.pad_token_id)["kl"] for _ in range(3)]
+    assert later[-1] > 0
+
+
+def test_full_finetuning_with_kl_needs_a_reference(tokenizer):
+    model = tiny_random_model(tokenizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="reference"):
+        grpo_update(model, optimizer, None, _episodes(len(tokenizer)), GRPOConfig(kl_beta=0.1), tokenizer.pad_token_id)
+    reference = tiny_random_model(tokenizer)
+    metrics = grpo_update(
+        model, optimizer, None, _episodes(len(tokenizer)), GRPOConfig(kl_beta=0.1), tokenizer.pad_token_id,
+        reference_model=reference,
+    )
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-7)  # same seed, same weights
+
+
+def test_engine_logprob_gap_is_logged(tokenizer):
+    model = tiny_random_model(tokenizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    episodes = _episodes(len(tokenizer))
+    for episode in episodes:
+        episode.engine_logprobs = [0.0] * sum(episode.policy_mask)
+    metrics = grpo_update(model, optimizer, None, episodes, GRPOConfig(), tokenizer.pad_token_id)
+    # log π ≤ 0, so |0 − log π| is the mean NLL, about log(vocab) for a random model.
+    assert metrics["logprob_gap/engine_vs_trainer"] == pytest.approx(math.log(len(tokenizer)), rel=0.1)

@@ -1,0 +1,158 @@
+"""Checkpoints that survive ``kill -9``: written to a temporary folder, then renamed into place.
+
+A checkpoint is a folder ``<run>/checkpoints/step_000042/`` holding
+
+    model/          the LoRA adapter (``adapter_model.safetensors``) or the full model, as
+                    ``save_pretrained`` writes it, so it loads with peft / transformers as is
+    optimizer.pt    optimizer state
+    scheduler.pt    learning-rate scheduler state
+    rng.pt          python, numpy and torch (CPU and CUDA) random states
+    state.json      step, data cursor, training phase and whatever else the loop keeps
+    config.yaml     the run's config
+
+A rename within one file system is atomic, so a folder named ``step_*`` is always complete; a
+killed save leaves only a ``.tmp-*`` folder, which the next save removes. The last ``keep_last``
+checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` atomically and drop all but the newest ``keep_last``."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:06d}-", dir=root))
+    model.save_pretrained(staging / "model")
+    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    torch.save(scheduler.state_dict() if scheduler is not None else {}, staging / "scheduler.pt")
+    torch.save(rng_state(), staging / "rng.pt")
+    (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # state.json last: its presence marks a complete folder even on file systems without rename.
+    (staging / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+    target = root / f"step_{step:06d}"
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [
+        (int(match.group(1)), path)
+        for path in root.iterdir()
+        if (match := _STEP_DIR.match(path.name)) and (path / "state.json").exists()
+    ]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "state.json").read_text())
+
+
+def load_model_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """Load a checkpoint's adapter (LoRA) or full weights into ``model`` in place."""
+    from safetensors.torch import load_file
+
+    folder = Path(path) / "model"
+    if is_lora(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        missing = [key for key in result.missing_keys if "lora_" in key]
+        if missing:
+            raise RuntimeError(f"{folder}: the adapter lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
+        return
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    if not state:
+        raise FileNotFoundError(f"{folder}: no *.safetensors weights")
+    result = model.load_state_dict(state, strict=False)
+    # save_pretrained drops tied weights (lm_head = embeddings); anything else missing is an error.
+    tied = {key for key, param in model.state_dict().items() if key not in state and _is_tied(model, key)}
+    missing = [key for key in result.missing_keys if key not in tied]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"{folder}: weights do not fit the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+
+def _is_tied(model: torch.nn.Module, key: str) -> bool:
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return output is not None and key.startswith("lm_head") and output.weight is model.get_input_embeddings().weight
+
+
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG states; return ``state.json``.
+
+    ``optimizer``/``scheduler`` may be None to restore only the weights (or when the checkpoint
+    belongs to another training phase).
+    """
+    path = Path(path)
+    load_model_weights(path, model)
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return read_state(path)

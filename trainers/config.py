@@ -1,0 +1,282 @@
+"""The training config: frozen dataclasses with working defaults, read from YAML, ``--set`` on top.
+
+    config = load_config("configs/cpu-smollm2.yaml", ["grpo.group_size=8", "optim.lr=1e-6"])
+
+Every YAML section is one dataclass (``grpo`` → ``GRPOConfig``, ``reward`` →
+``agentenv.rewards.RewardConfig``, ...). ``--set a.b=c`` values are parsed as YAML scalars
+(``true``, ``3``, ``null``, ``[a, b]``). Mistakes fail at load time with the key, the bad value and
+what was expected; an unknown key suggests the closest known one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentenv.rewards import RewardConfig
+from agentenv.trainers.grpo import LOSS_AGGREGATIONS, GRPOConfig
+from agentenv.trainers.sft import SFTConfig
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "embedded" (SmolLM2-135M-Instruct), a hub id or a local folder; "tiny-random" builds a
+    # random-initialised model with the embedded tokenizer (tests, smoke runs).
+    name: str = "embedded"
+    dtype: str = "auto"  # auto: float32 on CPU (bf16 is slower on these CPUs), bfloat16 on GPU
+    gradient_checkpointing: bool = False
+    tiny_hidden_size: int = 64  # only for name: tiny-random
+    tiny_layers: int = 2
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kind: str = "transformers"  # transformers | vllm
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to make_engine
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    # A registered Gymnasium id: agentenv/SearchQA-v0, agentenv/Calculator-v0, or your own.
+    id: str = "agentenv/Calculator-v0"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float | None = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    min_lr_ratio: float = 0.0  # the cosine schedule's floor, as a fraction of lr
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = True
+    progress: bool = True
+    transcripts_per_step: int = 2
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 50  # steps; the last step is always saved
+    keep_last: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "grpo"  # grpo (after sft.steps of SFT, if any) | sft
+    max_steps: int = 100  # GRPO steps (SFT steps with mode: sft)
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# Keys whose value must be one of a few strings.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("grpo", "sft"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "engine.kind": ("transformers", "vllm"),
+    "grpo.loss_agg": LOSS_AGGREGATIONS,
+    "optim.schedule": ("constant", "cosine"),
+    "reward.answer": ("research", "f1", "exact_match"),
+}
+
+# Numbers that must be at least this.
+MINIMUM: dict[str, float] = {
+    "max_steps": 0,
+    "engine.temperature": 1e-6,
+    "engine.top_p": 1e-6,
+    "lora.r": 1,
+    "optim.lr": 0,
+    "optim.warmup_steps": 0,
+    "logging.transcripts_per_step": 0,
+    "checkpoint.every": 1,
+    "checkpoint.keep_last": 1,
+}
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read ``path`` (YAML; None: the defaults), apply ``key=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    for override in overrides:
+        apply_override(data, override)
+    config = _build(TrainConfig, data, prefix="")
+    validate(config)
+    return config
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set ``a.b=c`` in the nested dict ``data``; ``c`` is parsed as a YAML scalar."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value (e.g. grpo.group_size=8), got {override!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {key}: cannot parse {raw!r} as a YAML value: {error}") from error
+    parts = key.strip().split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"--set {key}: {where} is a value ({child!r}), not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data (tuples become lists)."""
+
+    def plain(value):
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def validate(config: TrainConfig) -> None:
+    """Check choices, minimums and each section's own rules; raise ``ConfigError`` naming the key."""
+    for key, allowed in CHOICES.items():
+        value = _get(config, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(allowed)}")
+    for key, minimum in MINIMUM.items():
+        value = _get(config, key)
+        if value < minimum:
+            raise ConfigError(f"{key}: {value!r} is too small; it must be at least {minimum}")
+    for section in (config.grpo, config.sft):
+        try:
+            section.validate()
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+    try:
+        config.reward.build()
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _get(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _build(cls: type, data: Any, prefix: str):
+    """A ``cls`` instance from a mapping, checking keys and value types."""
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            suggestion = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{suggestion[0]}'?" if suggestion else ""
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint} (keys of {where}: {', '.join(fields)})")
+        kwargs[key] = _convert(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value if value is not None else {}, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-6 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, list | tuple):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+            if len(value) == len(args):
+                return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:
+        raise TypeError(f"config field {key} has an unsupported type {annotation!r}")
+    raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is tuple:
+        return "a list"
+    if typing.get_origin(annotation) is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        annotation, str(annotation)
+    )

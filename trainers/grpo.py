@@ -1,0 +1,458 @@
+"""GRPO: the loss and one update step, read top to bottom.
+
+For a question q the policy samples a group of G trajectories o_1 … o_G from π_old (the weights
+that did the rollout) and each gets a scalar reward r_i. With m_{i,t} = 1 on the tokens the
+policy generated and 0 on prompt, tool output and padding (``Trajectory.policy_mask``)::
+
+    A_i        = r_i − mean(r_1 … r_G)                  group advantage (Shao et al. 2024, §4.1.2)
+    A_i        = A_i / (std(r_1 … r_G) + eps)           if ``scale_advantages_by_std`` (Dr. GRPO
+                                                        drops this; Liu et al. 2025, §3.1)
+    ρ_{i,t}    = exp(logπ_θ(o_{i,t}) − logπ_old(o_{i,t}))
+    ℓ^clip_i,t = −min(ρ_{i,t} A_i, clip(ρ_{i,t}, 1 − eps_low, 1 + eps_high) A_i)
+                                                        separate bounds: DAPO's clip-higher
+                                                        (Yu et al. 2025, §3.1)
+    KL_{i,t}   = exp(logπ_ref − logπ_θ) − (logπ_ref − logπ_θ) − 1
+                                                        the k3 estimator (Schulman 2020), ≥ 0
+    ℓ_{i,t}    = ℓ^clip_{i,t} + β KL_{i,t}
+
+and the loss aggregates ℓ over the policy tokens (``loss_agg``), with N sequences in the batch::
+
+    token-mean               Σ_{i,t} m ℓ / Σ_{i,t} m                     DAPO (§3.3)
+    seq-mean-token-mean      (1/N) Σ_i [ Σ_t m ℓ / Σ_t m ]               GRPO paper (eq. 3)
+    seq-mean-token-sum-norm  (1/N) Σ_i [ Σ_t m ℓ / L_max ]               Dr. GRPO (§3.1; L_max is
+                                                                         the max response length)
+
+β = 0 skips the reference forward pass entirely. The reference is the policy with its LoRA adapter
+disabled (no second copy) or, for full fine-tuning, a frozen copy.
+
+One update (``grpo_update``): compute advantages; optionally drop groups whose rewards are all
+equal (their advantages are zero; DAPO's dynamic sampling, §3.2); compute logπ_old and logπ_ref
+once; then μ epochs over the batch in shuffled minibatches, each one optimizer step, each split
+into micro-batches whose gradients accumulate to exactly the minibatch's loss; gradient-norm
+clipping; one learning-rate scheduler step per update.
+
+Per-token log-probabilities come from one forward pass over the right-padded batch; the logits at
+position t−1 score token t. With μ = 1 and one minibatch, π_θ = π_old when the loss is computed,
+so logπ_old is the current logπ_θ detached (ρ = 1, the gradient is the policy gradient) and no
+extra forward pass is made. The engine's logprobs are never used as logπ_old: vLLM and
+transformers numerics differ, so their mean gap to the trainer's logπ_old is logged instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """The knobs of the objective and of the update (YAML section ``grpo``)."""
+
+    questions_per_step: int = 4  # B: questions sampled per training step
+    group_size: int = 4  # G: trajectories per question
+    scale_advantages_by_std: bool = True  # GRPO divides by the group std; Dr. GRPO does not
+    advantage_eps: float = 1e-6
+    filter_equal_reward_groups: bool = False  # DAPO dynamic sampling
+    clip_eps_low: float = 0.2  # PPO's ε (Schulman et al. 2017)
+    clip_eps_high: float = 0.2  # DAPO's clip-higher uses 0.28
+    kl_beta: float = 0.0  # β; 0 skips the reference model
+    loss_agg: str = "token-mean"
+    max_response_tokens: int | None = None  # L_max of Dr. GRPO; None: the env's token budget
+    epochs: int = 1  # μ: passes over each batch
+    minibatch_size: int | None = None  # sequences per optimizer step; None: the whole batch
+    micro_batch_size: int = 4  # sequences per forward pass (gradient accumulation)
+
+    def validate(self) -> None:
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(f"grpo.loss_agg must be one of {list(LOSS_AGGREGATIONS)}, got {self.loss_agg!r}")
+        for name in ("questions_per_step", "group_size", "epochs", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"grpo.{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.minibatch_size is not None and self.minibatch_size < 1:
+            raise ValueError(f"grpo.minibatch_size must be at least 1 or null, got {self.minibatch_size!r}")
+        for name in ("clip_eps_low", "clip_eps_high", "kl_beta", "advantage_eps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"grpo.{name} must be ≥ 0, got {getattr(self, name)!r}")
+        if self.clip_eps_low >= 1:
+            raise ValueError(f"grpo.clip_eps_low must be below 1, got {self.clip_eps_low!r}")
+
+
+# --- advantages ----------------------------------------------------------------------------------
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """A_i = r_i − mean(r_group), divided by (std(r_group) + eps) when ``scale_by_std``.
+
+    The std is the unbiased sample std, as in the GRPO reference code (``torch.std``); a group of
+    one has advantage 0.
+    """
+    rewards = rewards.to(torch.float32)
+    advantages = torch.zeros_like(rewards)
+    for group in group_ids.unique():
+        members = group_ids == group
+        group_rewards = rewards[members]
+        centred = group_rewards - group_rewards.mean()
+        if scale_by_std and group_rewards.numel() > 1:
+            centred = centred / (group_rewards.std() + eps)
+        advantages[members] = centred if group_rewards.numel() > 1 else 0.0
+    return advantages
+
+
+def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """True for episodes whose group has at least two different rewards (DAPO dynamic sampling)."""
+    keep = torch.zeros_like(group_ids, dtype=torch.bool)
+    for group in group_ids.unique():
+        members = group_ids == group
+        keep[members] = bool(rewards[members].max() > rewards[members].min())
+    return keep
+
+
+# --- the per-token objective ---------------------------------------------------------------------
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """KL(π_θ ‖ π_ref) per token, k3 estimator: exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 iff equal)."""
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def aggregate_loss(
+    token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    num_tokens: float,
+    num_sequences: int,
+    max_response_tokens: int | None = None,
+) -> torch.Tensor:
+    """Aggregate per-token losses ``[n, T]`` over the tokens where ``mask`` is 1.
+
+    ``num_tokens`` and ``num_sequences`` are counted over the whole minibatch, so calling this on
+    each micro-batch and summing gives exactly the minibatch loss (gradient accumulation).
+    """
+    masked = token_loss * mask
+    if mode == "token-mean":
+        return masked.sum() / max(num_tokens, 1.0)
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).sum() / num_sequences
+    if mode == "seq-mean-token-sum-norm":
+        if not max_response_tokens:
+            raise ValueError("loss_agg 'seq-mean-token-sum-norm' needs max_response_tokens (Dr. GRPO's L_max)")
+        return masked.sum() / max_response_tokens / num_sequences
+    raise ValueError(f"grpo.loss_agg must be one of {list(LOSS_AGGREGATIONS)}, got {mode!r}")
+
+
+@dataclass
+class TokenLoss:
+    """The per-token terms of the objective, each ``[n, T]``."""
+
+    loss: torch.Tensor  # ℓ = ℓ^clip + β KL
+    ratio: torch.Tensor  # ρ
+    kl: torch.Tensor  # KL (zeros when β = 0)
+    clipped_low: torch.Tensor  # ρ < 1 − eps_low with A < 0: the clip, not ρ, sets the loss
+    clipped_high: torch.Tensor  # ρ > 1 + eps_high with A > 0
+
+
+def grpo_token_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    config: GRPOConfig,
+) -> TokenLoss:
+    """ℓ_{i,t} for log-probs ``[n, T]`` and one advantage per sequence ``[n]``."""
+    A = advantages.unsqueeze(1)
+    ratio = torch.exp(logp - old_logp)
+    clipped_ratio = torch.clamp(ratio, 1 - config.clip_eps_low, 1 + config.clip_eps_high)
+    clip_loss = -torch.min(ratio * A, clipped_ratio * A)
+    if ref_logp is not None and config.kl_beta > 0:
+        kl = k3_kl(logp, ref_logp)
+        loss = clip_loss + config.kl_beta * kl
+    else:
+        kl = torch.zeros_like(logp)
+        loss = clip_loss
+    return TokenLoss(
+        loss=loss,
+        ratio=ratio.detach(),
+        kl=kl.detach(),
+        clipped_low=((ratio < 1 - config.clip_eps_low) & (A < 0)).detach(),
+        clipped_high=((ratio > 1 + config.clip_eps_high) & (A > 0)).detach(),
+    )
+
+
+# --- per-token log-probabilities of trajectories ---------------------------------------------------
+
+
+@dataclass
+class PaddedBatch:
+    """Trajectories right-padded to one length. Per-token tensors cover target positions
+    ``start … T−1``: column j holds the token at position ``start + j``."""
+
+    input_ids: torch.Tensor  # [N, T]
+    attention_mask: torch.Tensor  # [N, T]
+    policy_mask: torch.Tensor  # [N, T], float: 1 on policy tokens
+    lengths: torch.Tensor  # [N]
+    start: int  # the shortest prompt: no earlier position is a policy token
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def targets_mask(self, rows: torch.Tensor, width: int) -> torch.Tensor:
+        return self.policy_mask[rows, self.start : width]
+
+
+def pad_trajectories(
+    token_ids: Sequence[Sequence[int]], policy_masks: Sequence[Sequence[int]], pad_id: int
+) -> PaddedBatch:
+    """Right-pad token ids and policy masks; padding is never a policy token."""
+    if not token_ids:
+        raise ValueError("pad_trajectories needs at least one trajectory")
+    lengths = [len(ids) for ids in token_ids]
+    width = max(lengths)
+    input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    policy_mask = torch.zeros((len(token_ids), width), dtype=torch.float32)
+    first_policy = []
+    for row, (ids, mask) in enumerate(zip(token_ids, policy_masks, strict=True)):
+        if len(mask) != len(ids):
+            raise ValueError(f"trajectory {row}: {len(mask)} mask entries for {len(ids)} tokens")
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+        policy_mask[row, : len(ids)] = torch.tensor(mask, dtype=torch.float32)
+        first_policy.append(next((t for t, m in enumerate(mask) if m), len(ids)))
+    # Position 0 has no logits before it, so it can never be scored.
+    start = max(1, min(first_policy))
+    return PaddedBatch(input_ids, attention_mask, policy_mask, torch.tensor(lengths), start)
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    start: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(token_t | tokens_<t) for t = start … T−1, shape ``[n, T − start]``; and the entropy of
+    π at each of those positions when ``with_entropy``.
+
+    Only the logits that score targets are computed (``logits_to_keep``): the vocabulary projection
+    of the prompt is skipped. Logits are divided by the sampling temperature so π is the
+    distribution the engine sampled from.
+    """
+    keep = input_ids.shape[1] - start + 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False).logits
+    logits = logits[:, :-1].float() / temperature  # logits at t−1 score token t
+    log_probs = F.log_softmax(logits, dim=-1)
+    targets = input_ids[:, start:]
+    logp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return logp, entropy
+
+
+def reference_context(model: torch.nn.Module, reference_model: torch.nn.Module | None):
+    """(the module to call, a context) for reference log-probs: a frozen copy if there is one, else
+    the LoRA model with its adapter disabled (``peft``'s ``disable_adapter``)."""
+    if reference_model is not None:
+        return reference_model, contextlib.nullcontext()
+    if hasattr(model, "disable_adapter"):
+        return model, model.disable_adapter()
+    raise ValueError("kl_beta > 0 needs a reference: a LoRA model or a frozen reference copy")
+
+
+def batch_logprobs(
+    model: torch.nn.Module, batch: PaddedBatch, micro_batch_size: int, temperature: float = 1.0
+) -> torch.Tensor:
+    """log-probs ``[N, T − start]`` of the whole batch without gradients, micro-batch by micro-batch
+    (in eval mode: logπ_old and logπ_ref are the policies that sampled, without dropout)."""
+    out = torch.zeros(batch.input_ids.shape[0], batch.input_ids.shape[1] - batch.start)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for rows in torch.arange(len(batch)).split(micro_batch_size):
+            width = int(batch.lengths[rows].max())
+            logp, _ = token_logprobs(
+                model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.start, temperature
+            )
+            out[rows, : width - batch.start] = logp.float()
+    model.train(was_training)
+    return out
+
+
+# --- the learning-rate schedule ---------------------------------------------------------------------
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float = 0.0) -> float:
+    """Linear warm-up over ``warmup_steps`` then ``constant`` or ``cosine`` decay to ``min_lr_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+
+# --- one update --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Episode:
+    """What the loss needs from one finished rollout episode."""
+
+    token_ids: list[int]
+    policy_mask: list[int]
+    reward: float
+    group: int  # episodes of the same question share a group
+    engine_logprobs: list[float] | None = None  # one per policy token, as the engine reported them
+
+
+def grpo_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    episodes: Sequence[Episode],
+    config: GRPOConfig,
+    pad_id: int,
+    reference_model: torch.nn.Module | None = None,
+    max_grad_norm: float | None = 1.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """One GRPO update on a batch of episodes; returns its metrics."""
+    config.validate()
+    rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
+    groups = torch.tensor([e.group for e in episodes])
+    advantages = group_advantages(rewards, groups, config.scale_advantages_by_std, config.advantage_eps)
+    metrics = {
+        "advantage/mean": advantages.mean().item(),
+        "advantage/std": advantages.std().item() if len(episodes) > 1 else 0.0,
+        "advantage/max": advantages.max().item(),
+        "advantage/min": advantages.min().item(),
+    }
+    keep = informative_groups(rewards, groups)
+    metrics["groups/equal_reward_fraction"] = 1.0 - keep.float().mean().item()
+    if config.filter_equal_reward_groups:
+        episodes = [e for e, kept in zip(episodes, keep.tolist(), strict=True) if kept]
+        advantages = advantages[keep]
+    if not episodes or not any(any(e.policy_mask) for e in episodes):
+        if scheduler is not None:
+            scheduler.step()
+        return {**metrics, "update/skipped": 1.0}
+
+    batch = pad_trajectories([e.token_ids for e in episodes], [e.policy_mask for e in episodes], pad_id)
+    minibatch_size = config.minibatch_size or len(batch)
+    single_pass = config.epochs == 1 and minibatch_size >= len(batch)
+
+    model.train()
+    # logπ_old: with one pass and one minibatch it is logπ_θ detached, taken from the loss forward.
+    old_logp = None if single_pass else batch_logprobs(model, batch, config.micro_batch_size, temperature)
+    trainer_logp = torch.zeros(len(batch), batch.input_ids.shape[1] - batch.start) if single_pass else old_logp
+    ref_logp = None
+    if config.kl_beta > 0:
+        ref_module, ref_ctx = reference_context(model, reference_model)
+        with ref_ctx:
+            ref_logp = batch_logprobs(ref_module, batch, config.micro_batch_size, temperature)
+
+    sums = {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": 0.0, "ratio": 0.0}
+    first_epoch_tokens = 0.0
+    grad_norms = []
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(batch), generator=generator)
+        for minibatch in order.split(minibatch_size):
+            optimizer.zero_grad(set_to_none=True)
+            minibatch_mask = batch.targets_mask(minibatch, int(batch.lengths[minibatch].max()))
+            num_tokens, num_sequences = minibatch_mask.sum().item(), len(minibatch)
+            for rows in minibatch.split(config.micro_batch_size):
+                width = int(batch.lengths[rows].max())
+                columns = width - batch.start
+                mask = batch.targets_mask(rows, width)
+                logp, entropy = token_logprobs(
+                    model,
+                    batch.input_ids[rows, :width],
+                    batch.attention_mask[rows, :width],
+                    batch.start,
+                    temperature,
+                    with_entropy=epoch == 0,
+                )
+                if single_pass:
+                    old = logp.detach()
+                    trainer_logp[rows, :columns] = old.float()
+                else:
+                    old = old_logp[rows, :columns]
+                ref = None if ref_logp is None else ref_logp[rows, :columns]
+                terms = grpo_token_loss(logp, old, advantages[rows], ref, config)
+                loss = aggregate_loss(
+                    terms.loss, mask, config.loss_agg, num_tokens, num_sequences, config.max_response_tokens
+                )
+                loss.backward()
+                sums["loss"] += loss.item()
+                if epoch == 0:
+                    first_epoch_tokens += mask.sum().item()
+                    sums["kl"] += (terms.kl * mask).sum().item()
+                    sums["clip_low"] += (terms.clipped_low * mask).sum().item()
+                    sums["clip_high"] += (terms.clipped_high * mask).sum().item()
+                    sums["entropy"] += (entropy * mask).sum().item()
+                    sums["ratio"] += (terms.ratio * mask).sum().item()
+            grad_norms.append(clip_grad_norm(trainable, max_grad_norm))
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+
+    optimizer_steps = config.epochs * math.ceil(len(batch) / minibatch_size)
+    tokens = max(first_epoch_tokens, 1.0)
+    metrics.update(
+        {
+            "loss": sums["loss"] / optimizer_steps,
+            "kl": sums["kl"] / tokens,
+            "clip_fraction/low": sums["clip_low"] / tokens,
+            "clip_fraction/high": sums["clip_high"] / tokens,
+            "entropy": sums["entropy"] / tokens,
+            "ratio/mean": sums["ratio"] / tokens,
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            "update/optimizer_steps": float(optimizer_steps),
+            "update/policy_tokens": first_epoch_tokens,
+            "update/sequences": float(len(batch)),
+            "update/skipped": 0.0,
+        }
+    )
+    gap = engine_logprob_gap(episodes, batch, trainer_logp)
+    if gap is not None:
+        metrics["logprob_gap/engine_vs_trainer"] = gap
+    return metrics
+
+
+def clip_grad_norm(parameters: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """The total gradient norm before clipping; clip to ``max_norm`` when it is set."""
+    limit = max_norm if max_norm else float("inf")
+    return float(torch.nn.utils.clip_grad_norm_(parameters, limit))
+
+
+def engine_logprob_gap(episodes: Sequence[Episode], batch: PaddedBatch, trainer_logp: torch.Tensor) -> float | None:
+    """Mean |engine logprob − trainer logπ_old| over policy tokens, for episodes with engine logprobs."""
+    gaps = []
+    for row, episode in enumerate(episodes):
+        if episode.engine_logprobs is None:
+            continue
+        positions = [t - batch.start for t, m in enumerate(episode.policy_mask) if m]
+        if len(positions) != len(episode.engine_logprobs):
+            continue
+        trainer = trainer_logp[row, positions]
+        gaps.append((torch.tensor(episode.engine_logprobs) - trainer).abs())
+    if not gaps:
+        return None
+    return torch.cat(gaps).mean().item()

@@ -1,0 +1,411 @@
+"""`agentenv train`: the training loop, from a YAML config.
+
+    agentenv train --config configs/cpu-smollm2.yaml [--set grpo.group_size=8 ...] [--resume] [--out runs/NAME]
+
+One GRPO step::
+
+    questions = the next B question ids of a seeded, epoch-wise shuffled order (a cursor into it)
+    batch     = rollout(engine, B·G environments, questions, G)       # trainers/rollout.py
+    metrics   = grpo_update(model, optimizer, ..., batch episodes)     # trainers/grpo.py
+    engine.update_weights(model)                                       # the next rollout sees θ
+    log metrics, transcripts; checkpoint every N steps                  # trainers/metrics.py, checkpoint.py
+
+With ``sft.steps > 0`` the first steps are SFT on oracle episodes (trainers/sft.py), drawn from the
+same question order; ``mode: sft`` runs only SFT. ``--resume`` continues from the newest complete
+checkpoint in the run folder with the same data order, the same next batch and the same RNG states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from agentenv.trainers.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
+from agentenv.trainers.config import ConfigError, TrainConfig, load_config, to_dict
+from agentenv.trainers.engines import SamplingConfig, make_engine
+from agentenv.trainers.grpo import Episode, GRPOConfig, grpo_update, lr_multiplier
+from agentenv.trainers.metrics import MetricsLogger, rollout_metrics, write_transcripts
+from agentenv.trainers.rollout import rollout
+from agentenv.trainers.sft import oracle_episode, sft_step
+
+TINY_RANDOM = "tiny-random"
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set grpo.group_size=8 (repeatable; values are YAML)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"agentenv train: error: {error}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.out or Path("runs") / (Path(args.config).stem if args.config else "default"))
+    try:
+        train(config, run_dir, resume=args.resume)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"agentenv train: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --- building the pieces ---------------------------------------------------------------------------
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU, float32 on CPU (bf16 matmuls are slower on these CPUs)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module  # the trained model (a peft model with LoRA)
+    tokenizer: Any
+    reference_model: torch.nn.Module | None  # a frozen copy: full fine-tuning with kl_beta > 0
+    model_path: str | None  # where the engine loads the base weights from (None: tiny-random)
+    dtype: torch.dtype
+
+
+def load_policy_tokenizer(config: TrainConfig):
+    from agentenv.models import load_tokenizer
+
+    return load_tokenizer("embedded" if config.model.name == TINY_RANDOM else config.model.name)
+
+
+def load_policy(config: TrainConfig, tokenizer: Any) -> Policy:
+    """The model (LoRA-wrapped or not) and, if needed, a frozen reference copy."""
+    from agentenv.models import resolve_model, tiny_random_model
+
+    dtype = resolve_dtype(config.model.dtype)
+    if config.model.name == TINY_RANDOM:
+        model = tiny_random_model(
+            tokenizer, hidden_size=config.model.tiny_hidden_size, layers=config.model.tiny_layers, seed=config.seed
+        ).to(dtype)
+        model_path = None
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model_path = resolve_model(config.model.name)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    if config.model.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so it works under LoRA.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reference = None
+    if config.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=list(config.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    elif config.grpo.kl_beta > 0:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if torch.cuda.is_available():
+        model = model.cuda()
+        reference = reference.cuda() if reference is not None else None
+    return Policy(model, tokenizer, reference, model_path, dtype)
+
+
+def make_envs(config: TrainConfig, tokenizer: Any, count: int) -> list[Any]:
+    """``count`` environments from ``env.id``, sharing one tokenizer, question list and search index."""
+    import gymnasium as gym
+
+    import agentenv  # noqa: F401  (registers the environments)
+    from agentenv.envs import SEARCH_QA_ID, geo_index_dir
+
+    if config.env.id not in gym.registry:
+        import difflib
+
+        close = difflib.get_close_matches(config.env.id, [k for k in gym.registry if "/" in k], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"env.id: {config.env.id!r} is not a registered environment{hint}")
+    kwargs: dict[str, Any] = {"tokenizer": tokenizer, "reward": config.reward, **config.env.kwargs}
+    if config.env.id == SEARCH_QA_ID and kwargs.get("retriever_url") is None and not _is_loaded(kwargs.get("index")):
+        # One index in memory for all B·G environments, not one each.
+        from agentenv.tools.bm25 import BM25Index
+
+        kwargs["index"] = BM25Index.load(kwargs.get("index") or geo_index_dir())
+    first = gym.make(config.env.id, **kwargs).unwrapped
+    if not first.questions:
+        raise ConfigError(f"env {config.env.id} has no training questions (set env.kwargs.questions)")
+    # The question list is loaded once and shared too.
+    shared = {**kwargs, "questions": first.questions}
+    return [first] + [gym.make(config.env.id, **shared).unwrapped for _ in range(count - 1)]
+
+
+def _is_loaded(index: Any) -> bool:
+    return index is not None and not isinstance(index, str | Path)
+
+
+def entity_names(config: TrainConfig) -> dict[str, str] | None:
+    """Passage id → title of the shipped geo corpus, for the SFT oracle's searches."""
+    from agentenv.envs import SEARCH_QA_ID
+
+    if config.env.id != SEARCH_QA_ID or config.env.kwargs.get("index") or config.env.kwargs.get("retriever_url"):
+        return None
+    from agentenv.corpora import geo_path, load_corpus
+
+    return {passage["id"]: passage["title"] for passage in load_corpus(geo_path("passages"))}
+
+
+class QuestionOrder:
+    """Question indices in a seeded order, reshuffled every epoch; ``cursor`` is all its state.
+
+    The order of epoch e is ``permutation(n)`` under the seed (seed, e), so any cursor maps to the
+    same questions in every run: a resumed run gets the batch an uninterrupted one would have.
+    """
+
+    def __init__(self, num_questions: int, seed: int, cursor: int = 0):
+        self.num_questions, self.seed, self.cursor = num_questions, seed, cursor
+
+    def _epoch(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_questions)
+
+    def take(self, count: int) -> list[int]:
+        indices = []
+        for position in range(self.cursor, self.cursor + count):
+            epoch, offset = divmod(position, self.num_questions)
+            indices.append(int(self._epoch(epoch)[offset]))
+        self.cursor += count
+        return indices
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, phase: str, grpo_steps: int):
+    """AdamW over the trainable parameters; GRPO: warm-up then constant/cosine, SFT: constant sft.lr."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = config.optim
+    lr = config.sft.lr if phase == "sft" else optim.lr
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    if phase == "sft":
+        return optimizer, None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, optim.warmup_steps, grpo_steps, optim.schedule, optim.min_lr_ratio)
+    )
+    return optimizer, scheduler
+
+
+def build_engine(config: TrainConfig, policy: Policy, env: Any):
+    """The rollout engine: transformers generates with the training model itself; vLLM loads its
+    own copy of the base weights and receives ours through ``update_weights``."""
+    kwargs = dict(config.engine.kwargs)
+    if config.engine.kind == "vllm":
+        if policy.model_path is None:
+            raise ConfigError("engine.kind: 'vllm' needs a model on disk; model.name 'tiny-random' has none")
+        kwargs.setdefault("seed", config.seed)
+        kwargs.setdefault("max_model_len", env.max_total_tokens)
+        if config.lora.enabled:
+            kwargs.setdefault("lora_rank", config.lora.r)
+    return make_engine(
+        config.engine.kind, policy.model_path, dtype=policy.dtype, model=policy.model, tokenizer=policy.tokenizer,
+        **kwargs,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --- the loop -----------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) training into ``run_dir``; return the last step's metrics."""
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        print(f"agentenv train: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
+    if checkpoint is None and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume, or another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    sft_steps = config.max_steps if config.mode == "sft" else config.sft.steps
+    grpo_steps = 0 if config.mode == "sft" else config.max_steps
+    total_steps = sft_steps + grpo_steps
+
+    def phase_of(step: int) -> str:
+        return "sft" if step <= sft_steps else "grpo"
+
+    seed_everything(config.seed)
+    tokenizer = load_policy_tokenizer(config)
+    # The environments (and their question lists) before the model: generating questions runs the
+    # calculator, whose wall-clock deadline a garbage collection over a loaded model can overrun.
+    B, G = config.grpo.questions_per_step, config.grpo.group_size
+    envs = make_envs(config, tokenizer, B * G if grpo_steps else 1)
+    questions = envs[0].questions
+    order = QuestionOrder(len(questions), config.seed)
+    names = entity_names(config) if sft_steps else None
+    policy = load_policy(config, tokenizer)
+    model = policy.model
+
+    step = 0
+    phase = phase_of(1)
+    optimizer, scheduler = build_optimizer(model, config, phase, grpo_steps)
+    if checkpoint is not None:
+        state = read_state(checkpoint)
+        phase = phase_of(state["step"] + 1)
+        same_phase = state["phase"] == phase
+        optimizer, scheduler = build_optimizer(model, config, phase, grpo_steps)
+        load_checkpoint(checkpoint, model, optimizer if same_phase else None, scheduler if same_phase else None)
+        step, order.cursor = state["step"], state["cursor"]
+        print(f"agentenv train: resumed from {checkpoint} (step {step})", file=sys.stderr)
+
+    engine = None
+    if grpo_steps and step < total_steps:
+        engine = build_engine(config, policy, envs[0])
+        engine.update_weights(model)
+    max_response_tokens = config.grpo.max_response_tokens or _response_budget(envs[0])
+    grpo_config = replace(config.grpo, max_response_tokens=max_response_tokens)
+
+    logger = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard, resume_step=step if checkpoint else None)
+    progress = tqdm(total=total_steps, initial=step, disable=not config.logging.progress, desc="train", unit="step")
+    metrics: dict[str, Any] = {}
+    try:
+        while step < total_steps:
+            step += 1
+            if phase_of(step) != phase:  # SFT is over: GRPO starts with a fresh optimizer
+                phase = phase_of(step)
+                optimizer, scheduler = build_optimizer(model, config, phase, grpo_steps)
+            started = time.perf_counter()
+            if phase == "sft":
+                indices = order.take(config.sft.questions_per_step)
+                episodes = [oracle_episode(envs[0], questions[i], names) for i in indices]
+                metrics = sft_step(
+                    model, optimizer, [e.trajectory for e in episodes], tokenizer.pad_token_id,
+                    config.sft.micro_batch_size, config.optim.max_grad_norm,
+                )
+                metrics["sft/oracle_reward"] = sum(e.reward for e in episodes) / len(episodes)
+                metrics["time/train_s"] = time.perf_counter() - started
+            else:
+                indices = order.take(B)
+                metrics = grpo_step(
+                    step, config, grpo_config, policy, optimizer, scheduler, engine, envs,
+                    [questions[i] for i in indices], run_dir,
+                )
+            metrics["phase"] = phase
+            metrics["data/question_ids"] = [questions[i].get("id", i) for i in indices]
+            metrics["data/cursor"] = order.cursor
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            metrics["time/step_s"] = time.perf_counter() - started
+            logger.log(step, metrics)
+            progress.update(1)
+            progress.set_postfix({k: f"{metrics[m]:.3f}" for k, m in _POSTFIX.items() if m in metrics})
+            if step % config.checkpoint.every == 0 or step == total_steps:
+                save_checkpoint(
+                    run_dir, step, model, optimizer, scheduler,
+                    {"cursor": order.cursor, "phase": phase}, to_dict(config), config.checkpoint.keep_last,
+                )
+    finally:
+        progress.close()
+        logger.close()
+    return metrics
+
+
+_POSTFIX = {"reward": "reward/mean", "em": "exact_match", "kl": "kl", "nll": "sft/nll"}
+
+
+def _response_budget(env: Any) -> int:
+    """Dr. GRPO's L_max: the most policy tokens one episode can hold."""
+    return min(env.max_turns * env.max_turn_tokens, env.max_total_tokens)
+
+
+def grpo_step(
+    step: int,
+    config: TrainConfig,
+    grpo_config: GRPOConfig,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    engine: Any,
+    envs: list[Any],
+    step_questions: list[dict[str, Any]],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Rollout, GRPO update, weight sync; returns the step's metrics with the time split."""
+    model, tokenizer = policy.model, policy.tokenizer
+    G = config.grpo.group_size
+    sampling = SamplingConfig(
+        temperature=config.engine.temperature,
+        top_p=config.engine.top_p,
+        max_new_tokens=envs[0].max_turn_tokens,
+        # One seed per step: a resumed run samples what an uninterrupted one would.
+        seed=config.seed * 1_000_003 + step,
+    )
+    model.eval()
+    started = time.perf_counter()
+    batch = rollout(engine, envs[: len(step_questions) * G], step_questions, G, sampling)
+    rollout_s = time.perf_counter() - started
+
+    episodes = [
+        Episode(
+            token_ids=e.trajectory.token_ids,
+            policy_mask=e.trajectory.policy_mask,
+            reward=e.reward,
+            group=e.group,
+            engine_logprobs=e.trajectory.policy_logprobs,
+        )
+        for e in batch.episodes
+    ]
+    started = time.perf_counter()
+    update = grpo_update(
+        model, optimizer, scheduler, episodes, grpo_config, tokenizer.pad_token_id,
+        reference_model=policy.reference_model,
+        max_grad_norm=config.optim.max_grad_norm,
+        temperature=config.engine.temperature,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + step),
+    )
+    train_s = time.perf_counter() - started
+    started = time.perf_counter()
+    engine.update_weights(model)
+    sync_s = time.perf_counter() - started
+
+    metrics = {**rollout_metrics(batch), **update}
+    trained_tokens = sum(len(e.trajectory) for e in batch.episodes)
+    metrics.update(
+        {
+            "time/rollout_s": rollout_s,
+            "time/generation_s": batch.generation_seconds,
+            "time/env_s": batch.env_seconds,
+            "time/train_s": train_s,
+            "time/sync_s": sync_s,
+            "throughput/generated_tokens_per_s": batch.generated_tokens_per_s,
+            "throughput/train_tokens_per_s": trained_tokens / max(train_s, 1e-9),
+        }
+    )
+    write_transcripts(run_dir, step, batch.episodes, tokenizer, config.logging.transcripts_per_step)
+    return metrics
