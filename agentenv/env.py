@@ -35,7 +35,7 @@ from agentenv.rewards import EpisodeOutcome, Reward, RewardConfig
 from agentenv.tools.base import Tool, ToolOutput
 from agentenv.trajectory import Trajectory
 
-FINISH_REASONS = ("answer", "max_turns", "max_tokens", "no_tool_call")
+FINISH_REASONS = ("answer", "untagged_answer", "max_turns", "max_tokens", "no_tool_call")
 
 
 @dataclass
@@ -62,7 +62,9 @@ class ToolEnv(gym.Env):
         max_observation_tokens: tool output beyond this many tokens per turn is cut.
         max_calls_per_turn: calls beyond this in one turn get an error instead of running.
         on_no_call: a turn with neither a tool call nor an answer ``"end"``s the episode (truncated,
-            finish reason ``no_tool_call``) or gets a ``"nudge"`` observation and the episode goes on.
+            finish reason ``no_tool_call``), gets a ``"nudge"`` observation and the episode goes on,
+            or is taken as the ``"answer"`` (terminated, finish reason ``untagged_answer``, format
+            invalid) — how one-turn baselines are scored on models that ignore the answer tags.
 
     ``step`` returns ``obs, reward, terminated, truncated, info``:
         obs: int64 array, the whole context (prompt, turns and tool output so far).
@@ -102,8 +104,8 @@ class ToolEnv(gym.Env):
         reward = reward if reward is not None else RewardConfig()
         self.reward_fn = reward.build() if isinstance(reward, RewardConfig) else reward
         self.questions = list(questions) if questions is not None else None
-        if on_no_call not in ("end", "nudge"):
-            raise ValueError(f"on_no_call must be 'end' or 'nudge', got {on_no_call!r}")
+        if on_no_call not in ("end", "nudge", "answer"):
+            raise ValueError(f"on_no_call must be 'end', 'nudge' or 'answer', got {on_no_call!r}")
         for name, value in (("max_turns", max_turns), ("max_total_tokens", max_total_tokens),
                             ("max_turn_tokens", max_turn_tokens), ("max_calls_per_turn", max_calls_per_turn)):
             if value < 1:
@@ -196,6 +198,10 @@ class ToolEnv(gym.Env):
         if not observations:
             if self.on_no_call == "end":
                 return self._finish("no_tool_call", terminated=False)
+            if self.on_no_call == "answer":
+                text = self.tokenizer.decode(self.trajectory.segments[-1].token_ids, skip_special_tokens=True)
+                self._answer = text.strip()
+                return self._finish("untagged_answer", terminated=True)
             observations = ["No tool call or answer found. " + self.parser.instructions(self.tools)]
         self._append_tool_output(observations)
 

@@ -10,6 +10,7 @@ Every keyword of ``ToolEnv`` (tokenizer, parser, reward, max_turns, ...) passes 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import shutil
@@ -21,7 +22,7 @@ from typing import Any
 import gymnasium as gym
 
 from agentenv.env import ToolEnv
-from agentenv.tools.calculator import calculator
+from agentenv.tools.calculator import CalculatorLimits, calculator, evaluate
 
 SEARCH_QA_ID = "agentenv/SearchQA-v0"
 CALCULATOR_ID = "agentenv/Calculator-v0"
@@ -150,7 +151,8 @@ def arithmetic_questions(n: int, seed: int = 0) -> list[dict[str, Any]]:
         values = {"a": rng.randint(100, 9999), "b": rng.randint(11, 999), "c": rng.randint(10, 99)}
         if "- {b}" in expression:
             values["b"] = rng.randint(11, values["a"])
-        answer = calculator(expression=expression.format(**values))
+        # Data generation has no deadline: a pause on a loaded machine must not abort it.
+        answer = evaluate(expression.format(**values), CalculatorLimits(timeout_s=math.inf))
         questions.append(
             {
                 "id": f"arith-{seed}-{i}",

@@ -131,6 +131,16 @@ def test_turn_without_call_can_nudge_instead(tokenizer):
     assert "No tool call or answer found" in tokenizer.decode(obs)
 
 
+def test_turn_without_tags_can_be_taken_as_the_answer(tokenizer):
+    env = ToolEnv([], tokenizer=tokenizer, on_no_call="answer", max_turns=1)
+    env.reset(options=QUESTION)
+    ids = tokenizer.encode(" Lima<|im_end|>", add_special_tokens=False)
+    *_, reward, terminated, truncated, info = env.step(ids)
+    assert terminated and info["finish_reason"] == "untagged_answer" and info["answer"] == "Lima"
+    assert not info["format_valid"] and info["reward_components"]["exact_match"] == 1.0
+    assert reward == 0.0  # ReSearch gives nothing for an invalid format
+
+
 def test_max_turns_truncates(env):
     env.reset(options=QUESTION)
     for _ in range(2):

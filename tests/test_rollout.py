@@ -129,11 +129,11 @@ def test_stats_and_timing_are_consistent(free_running_batch):
     engine, _, batch = free_running_batch
     stats = episode_stats(batch)
     assert batch.generated_tokens == sum(e.trajectory.count("policy") for e in batch.episodes)
-    assert stats["response_tokens"] == batch.generated_tokens / 4
+    assert stats["episode/response_tokens"] == batch.generated_tokens / 4
     assert sum(stats[f"finish/{reason}"] for reason in FINISH_REASONS) == pytest.approx(1.0)
-    assert stats["turns"] == sum(e.num_turns for e in batch.episodes) / 4
+    assert stats["episode/turns"] == sum(e.num_turns for e in batch.episodes) / 4
     assert 0.0 <= stats["exact_match"] <= 1.0
-    assert "tool_calls/calculator" in stats and "reward/f1" in stats
+    assert "episode/calculator_calls" in stats and "reward/f1" in stats
     assert batch.engine_calls == len(engine.limits)  # one generate call per turn
     assert batch.generation_seconds > 0 and batch.env_seconds > 0
     assert 0.0 < stats["rollout/env_time_share"] < 1.0
@@ -170,9 +170,9 @@ def test_scripted_episodes_batch_every_tool_call_of_a_turn(tokenizer, questions)
         assert policy_text == script
     stats = episode_stats(batch)
     assert stats["exact_match"] == 0.5
-    assert stats["tool_calls/calculator"] == 0.5
+    assert stats["episode/calculator_calls"] == 0.5
     assert stats["finish/answer"] == 1.0
-    assert stats["turns"] == 1.5
+    assert stats["episode/turns"] == 1.5
     assert batch.engine_calls == 2
 
 

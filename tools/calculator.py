@@ -23,7 +23,9 @@ class CalculatorLimits:
     max_depth: int = 32
     # Any intermediate or final value with more decimal digits than this is refused.
     max_digits: int = 100
-    timeout_s: float = 0.1
+    # A backstop only: the bounds above keep every expression to microseconds. Generous, so a
+    # garbage-collection pause on a loaded machine does not refuse a legitimate expression.
+    timeout_s: float = 0.5
 
 
 _BINARY = {

@@ -58,7 +58,9 @@ def build_envs(mode: str, count: int, tokenizer: Any, search_tool: Any, env_kwar
     if mode == "agent":
         return [ToolEnv([search_tool, calculator], tokenizer=tokenizer, **env_kwargs) for _ in range(count)]
     prompt = RAG_PROMPT if mode == "rag" else CLOSED_BOOK_PROMPT
-    one_turn = {**env_kwargs, "max_turns": 1}
+    # A model that ignores the answer tags is still scored on what it said (EM/F1 of the whole
+    # reply): the baselines get every chance, so beating them means something.
+    one_turn = {**env_kwargs, "max_turns": 1, "on_no_call": "answer"}
     return [ToolEnv([], tokenizer=tokenizer, system_prompt=prompt, **one_turn) for _ in range(count)]
 
 
@@ -332,7 +334,15 @@ def load_questions_for_eval(spec: str, limit: int | None) -> list[dict[str, Any]
     return questions[:limit] if limit else questions
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The namespace ``agentenv eval ARGV`` would get; for callers such as the demo."""
+    parser = argparse.ArgumentParser(prog="agentenv eval")
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate as ``args`` say; write transcripts, ``summary.json`` and the chart; return the summary."""
     check_inputs(args)
     questions = load_questions_for_eval(args.questions, args.limit)
 
@@ -364,17 +374,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         }
         summaries[mode] = summary
 
-    (out / "summary.json").write_text(json.dumps({
+    summary = {
         "model": model_description,
         "questions": args.questions,
+        "num_questions": len(questions),
         "limit": args.limit,
         "engine": args.engine,
         "samples": args.samples,
         "temperature": temperature,
         "modes": summaries,
-    }, indent=2) + "\n")
-    print(f"model: {model_description}   questions: {args.questions} ({len(questions)})")
-    print(format_table(summaries))
-    chart = plot_modes(summaries, out / "modes.png")
-    print(f"\nwrote {out / 'summary.json'}, transcripts-<mode>.jsonl" + (f", {chart}" if chart else ""))
+        "out": str(out),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["chart"] = plot_modes(summaries, out / "modes.png")
+    return summary
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    summary = evaluate_run(args)
+    print(f"model: {summary['model']}   questions: {summary['questions']} ({summary['num_questions']})")
+    print(format_table(summary["modes"]))
+    chart = summary["chart"]
+    print(f"\nwrote {summary['out']}/summary.json, transcripts-<mode>.jsonl" + (f", {chart}" if chart else ""))
     return 0

@@ -71,41 +71,6 @@ def _json_default(value: Any):
     return str(value)
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
-def rollout_metrics(batch: Any) -> dict[str, float]:
-    """Per-step means over a ``RolloutBatch``: reward and each component, EM, tool calls, turns,
-    response length (policy tokens), finish reasons, generation throughput."""
-    episodes = batch.episodes
-    metrics: dict[str, float] = {
-        "reward/mean": _mean([e.reward for e in episodes]),
-        "reward/std": _std([e.reward for e in episodes]),
-    }
-    components = sorted({name for e in episodes for name in e.reward_components})
-    for name in components:
-        metrics[f"reward/{name}"] = _mean([e.reward_components.get(name, 0.0) for e in episodes])
-    metrics["exact_match"] = metrics.get("reward/exact_match", 0.0)
-    tools = sorted({name for e in episodes for name in e.tool_calls})
-    for name in sorted({"search", "calculator", *tools}):
-        metrics[f"episode/{name}_calls"] = _mean([e.tool_calls.get(name, 0) for e in episodes])
-    metrics["episode/turns"] = _mean([e.num_turns for e in episodes])
-    metrics["episode/response_tokens"] = _mean([e.trajectory.count("policy") for e in episodes])
-    metrics["episode/tool_tokens"] = _mean([e.trajectory.count("tool") for e in episodes])
-    metrics["episode/total_tokens"] = _mean([len(e.trajectory) for e in episodes])
-    for reason in sorted({str(e.finish_reason) for e in episodes}):
-        metrics[f"finish/{reason}"] = _mean([float(str(e.finish_reason) == reason) for e in episodes])
-    return metrics
-
-
-def _std(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def transcript(episode: Any, tokenizer: Any) -> dict[str, Any]:
     """One episode, decoded: its segments, and a single text with tool output marked."""
     segments = [

@@ -15,6 +15,7 @@ batch. Token in, token out: the engine's ids and logprobs go into the trajectory
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -178,12 +179,13 @@ def rollout(
 
 
 def episode_stats(batch: RolloutBatch) -> dict[str, float]:
-    """Means over the batch's episodes, ready to log.
+    """Means over the batch's episodes, ready to log (the names ``agentenv plot`` draws).
 
-    ``reward``, ``reward/<term>`` for every reward component, ``exact_match``,
-    ``tool_calls/<tool>`` (calls per episode, every tool of the environments), ``turns``,
-    ``response_tokens`` (policy tokens per episode), ``finish/<reason>`` (fraction of episodes),
-    and the rollout's ``rollout/generated_tokens_per_s`` and ``rollout/env_time_share``.
+    ``reward/mean``, ``reward/std``, ``reward/<term>`` for every reward component, ``exact_match``,
+    ``episode/<tool>_calls`` for every tool of the environments, ``episode/turns``,
+    ``episode/response_tokens`` (policy tokens), ``episode/tool_tokens``, ``episode/total_tokens``,
+    ``finish/<reason>`` (fraction of episodes), and the rollout's
+    ``rollout/generated_tokens_per_s`` and ``rollout/env_time_share``.
     """
     episodes = batch.episodes
     if not episodes:
@@ -193,14 +195,17 @@ def episode_stats(batch: RolloutBatch) -> dict[str, float]:
         values = list(values)
         return sum(values) / len(values)
 
-    stats = {"reward": mean(e.reward for e in episodes)}
+    rewards = [e.reward for e in episodes]
+    stats = {"reward/mean": mean(rewards), "reward/std": statistics.stdev(rewards) if len(rewards) > 1 else 0.0}
     for name in sorted({name for e in episodes for name in e.reward_components}):
         stats[f"reward/{name}"] = mean(e.reward_components.get(name, 0.0) for e in episodes)
     stats["exact_match"] = mean(e.exact_match for e in episodes)
     for tool in batch.tool_names:
-        stats[f"tool_calls/{tool}"] = mean(e.tool_calls.get(tool, 0) for e in episodes)
-    stats["turns"] = mean(e.num_turns for e in episodes)
-    stats["response_tokens"] = mean(e.trajectory.count("policy") for e in episodes)
+        stats[f"episode/{tool}_calls"] = mean(e.tool_calls.get(tool, 0) for e in episodes)
+    stats["episode/turns"] = mean(e.num_turns for e in episodes)
+    stats["episode/response_tokens"] = mean(e.trajectory.count("policy") for e in episodes)
+    stats["episode/tool_tokens"] = mean(e.trajectory.count("tool") for e in episodes)
+    stats["episode/total_tokens"] = mean(len(e.trajectory) for e in episodes)
     for reason in FINISH_REASONS:
         stats[f"finish/{reason}"] = mean(e.finish_reason == reason for e in episodes)
     stats["rollout/generated_tokens_per_s"] = batch.generated_tokens_per_s

@@ -39,8 +39,8 @@ from agentenv.trainers.checkpoint import (
 from agentenv.trainers.config import ConfigError, TrainConfig, load_config, to_dict
 from agentenv.trainers.engines import SamplingConfig, make_engine
 from agentenv.trainers.grpo import Episode, GRPOConfig, grpo_update, lr_multiplier
-from agentenv.trainers.metrics import MetricsLogger, rollout_metrics, write_transcripts
-from agentenv.trainers.rollout import rollout
+from agentenv.trainers.metrics import MetricsLogger, write_transcripts
+from agentenv.trainers.rollout import episode_stats, rollout
 from agentenv.trainers.sft import oracle_episode, sft_step
 
 TINY_RANDOM = "tiny-random"
@@ -394,7 +394,7 @@ def grpo_step(
     engine.update_weights(model)
     sync_s = time.perf_counter() - started
 
-    metrics = {**rollout_metrics(batch), **update}
+    metrics = {**episode_stats(batch), **update}
     trained_tokens = sum(len(e.trajectory) for e in batch.episodes)
     metrics.update(
         {
