@@ -27,8 +27,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Benchmarks print JSON lines and append their tables to bench/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/python bench/retrieval.py --sizes 100000
+	$(BIN)/python bench/retrieval_load.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The main job: evaluate the untrained embedded model, SFT + GRPO, evaluate again, print the table.
+demo: $(STAMP)
+	$(BIN)/python -m agentenv.trainers.demo
