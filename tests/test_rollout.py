@@ -135,7 +135,6 @@ def test_stats_and_timing_are_consistent(free_running_batch):
     assert 0.0 <= stats["exact_match"] <= 1.0
     assert "episode/calculator_calls" in stats and "reward/f1" in stats
     assert batch.engine_calls == len(engine.limits)  # one generate call per turn
-    assert batch.generation_seconds > 0 and batch.env_seconds > 0
     assert 0.0 < stats["rollout/env_time_share"] < 1.0
 
 
