@@ -149,3 +149,22 @@ def test_calculator_questions_carry_an_expression_the_calculator_answers(split):
     assert questions
     for question in questions:
         assert exact_match(evaluate(question.extra["expression"]), question.answers), question
+
+
+def test_bm25_finds_the_gold_passage_of_single_hop_dev_questions():
+    """recall@3 of the gold passage, the question text as the query, default (tantivy) index.
+
+    Measured 0.912 over 261 questions (cities ≥ 0.98; countries 0.68–0.86, whose long passages
+    lose to short city passages that name the country).
+    """
+    from agentenv.envs import geo_index_dir
+    from agentenv.tools.bm25 import BM25Index
+
+    index = BM25Index.load(geo_index_dir(show_progress=False))
+    questions = [
+        q for q in load_questions(geo_path("dev")) if q.extra["hops"] == 1 and not q.extra["needs_calculator"]
+    ]
+    hits = index.search_batch([q.question for q in questions], 3)
+    found = [q.entities[0] in {hit.id for hit in h} for q, h in zip(questions, hits, strict=True)]
+    assert len(found) == 261
+    assert sum(found) / len(found) >= 0.9
