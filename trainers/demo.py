@@ -24,7 +24,7 @@ from typing import Any
 
 # Stage cost estimates in seconds on a quiet 2-core machine, for the time-left line; after each
 # stage the remaining estimates are scaled by how fast the finished stages actually went.
-STAGE_ESTIMATES_S = {"prepare": 60, "evaluate untrained": 420, "train": 1200, "evaluate trained": 240, "report": 10}
+STAGE_ESTIMATES_S = {"prepare": 60, "evaluate untrained": 600, "train": 2100, "evaluate trained": 200, "report": 10}
 
 
 class StageClock:
@@ -37,7 +37,9 @@ class StageClock:
 
     def begin(self, stage: str) -> None:
         elapsed = time.perf_counter() - self.started
-        speed = elapsed / self.done_estimated if self.done_estimated else 1.0
+        # Trust the measured pace only once enough work is done to measure it (a cached stage
+        # takes no time and would promise that everything else takes none either).
+        speed = elapsed / self.done_estimated if self.done_estimated >= 300 else 1.0
         names = list(self.estimates)
         left = sum(self.estimates[n] for n in names[names.index(stage) :]) * speed
         print(
