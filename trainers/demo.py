@@ -27,6 +27,10 @@ from typing import Any
 STAGE_ESTIMATES_S = {"prepare": 60, "evaluate untrained": 600, "train": 2100, "evaluate trained": 200, "report": 10}
 
 
+# The demo's training budget on top of the CPU config: a longer SFT warm start (320 oracle episodes).
+DEMO_OVERRIDES = ("sft.steps=40",)
+
+
 class StageClock:
     """Prints ``[i/N] stage — elapsed, about M min left`` as the demo moves on."""
 
@@ -109,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentenv-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=100, help="size of the fixed test slice")
     parser.add_argument("--config", default="configs/cpu-smollm2.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help=f"config overrides, after the demo's own ({' '.join(DEMO_OVERRIDES)})",
+    )
     parser.add_argument("--engine", default="transformers", choices=("transformers", "vllm"), help="evaluation engine")
     parser.add_argument("--out", default="runs/demo")
     args = parser.parse_args(argv)
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from agentenv.trainers.train import train
 
     run_dir = out / "train"
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, [*DEMO_OVERRIDES, *args.overrides])
     total_steps = config.sft.steps + config.max_steps
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None or int(checkpoint.name.split("_")[1]) < total_steps:
