@@ -283,3 +283,43 @@ def test_vllm_engine_serves_the_latest_lora_adapter(vllm_engine, smollm2, calcul
         for prompt, completion in zip(prompts, completions, strict=True):
             expected = forward_logprobs(policy, prompt, completion.token_ids, TEMPERATURE)
             assert completion.logprobs == pytest.approx(expected.tolist(), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_one_grpo_step_with_the_vllm_engine_moves_its_logprobs(vllm_engine, smollm2, tokenizer):
+    """The whole loop once on the real SmolLM2: vLLM rollout → GRPO update of a LoRA policy →
+    weight sync → the engine scores the same sampled tokens with the updated policy."""
+    from peft import LoraConfig, get_peft_model
+
+    from agentenv.envs import arithmetic_questions, make_calculator_env
+    from agentenv.trainers.grpo import Episode, GRPOConfig, grpo_update
+    from agentenv.trainers.rollout import rollout
+
+    policy = get_peft_model(copy.deepcopy(smollm2), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    vllm_engine.update_weights(policy)
+    questions = arithmetic_questions(2, seed=5)
+    envs = [make_calculator_env(tokenizer=tokenizer, questions=questions, max_turns=1, max_turn_tokens=12) for _ in range(4)]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=3)
+    batch = rollout(vllm_engine, envs, questions, group_size=2, sampling=sampling)
+    # A 135M model without a warm start earns reward 0 everywhere; give the step a signal to follow.
+    rewards = [1.0, 0.0, 1.0, 0.0]
+    episodes = [
+        Episode(e.trajectory.token_ids, e.trajectory.policy_mask, reward, e.group, e.trajectory.policy_logprobs)
+        for e, reward in zip(batch.episodes, rewards, strict=True)
+    ]
+    prompt = episodes[0].token_ids[: batch.episodes[0].trajectory.prompt_length]
+    sampled = episodes[0].token_ids[len(prompt) :]
+    before = forward_logprobs(policy, prompt, sampled)
+    assert batch.episodes[0].trajectory.policy_logprobs == pytest.approx(before.tolist(), abs=1e-3)
+
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    grpo_update(policy, optimizer, None, episodes, GRPOConfig(questions_per_step=2, group_size=2), tokenizer.pad_token_id)
+    vllm_engine.update_weights(policy)
+
+    rescored = vllm_engine.generate([prompt + sampled[:-1]], SamplingConfig(temperature=1.0, max_new_tokens=1, seed=0))
+    after = forward_logprobs(policy, prompt, sampled)
+    assert (after - before).abs().max() > 0.05  # the update moved the policy
+    # The engine now samples from the updated policy: its next-token logprob is the new model's.
+    expected = forward_logprobs(policy, prompt + sampled[:-1], rescored[0].token_ids)
+    assert rescored[0].logprobs == pytest.approx(expected.tolist(), abs=1e-3)
+    vllm_engine.update_weights(smollm2)  # leave the shared engine as it was

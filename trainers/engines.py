@@ -384,6 +384,8 @@ class VLLMEngine:
             with torch.no_grad():
                 weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+            # The full model is now the policy: an adapter pushed earlier must not ride on top of it.
+            self._lora_request = None
             self._drop_adapter()  # the full model is the policy now
         self.llm.reset_prefix_cache()
 
