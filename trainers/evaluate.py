@@ -186,23 +186,26 @@ def episode_record(mode: str, episode: Any, sample: int, tokenizer: Any) -> dict
 
 def format_table(summaries: dict[str, dict[str, Any]]) -> str:
     """Modes as rows; EM with its interval, F1, pass@k, tool use, format, tokens."""
-    header = f"{'mode':<14}{'n':>5}  {'EM':>6} {'95% CI':>15}  {'F1':>6}  {'pass@k':>6}  {'search':>6}  {'calc':>5}  {'turns':>5}  {'format':>6}  {'tokens':>6}"
+    width = max(14, *(len(mode) + 2 for mode in summaries))
+    header = f"{'mode':<{width}}{'n':>5}  {'EM':>6} {'95% CI':>15}  {'F1':>6}  {'pass@k':>6}  {'search':>6}  {'calc':>5}  {'turns':>5}  {'format':>6}  {'tokens':>6}"
     lines = [header, "-" * len(header)]
     for mode, s in summaries.items():
         low, high = s["exact_match_ci95"]
         lines.append(
-            f"{mode:<14}{s['questions']:>5}  {s['exact_match']:>6.3f} {f'[{low:.3f}, {high:.3f}]':>15}  "
+            f"{mode:<{width}}{s['questions']:>5}  {s['exact_match']:>6.3f} {f'[{low:.3f}, {high:.3f}]':>15}  "
             f"{s['f1']:>6.3f}  {s['pass_at_k']:>6.3f}  {s['searches']:>6.2f}  {s['calculator_calls']:>5.2f}  "
             f"{s['turns']:>5.2f}  {s['valid_format']:>6.3f}  {s['policy_tokens']:>6.1f}"
         )
     kinds = sorted({kind for s in summaries.values() for kind in s["exact_match_by_kind"]})
     if kinds:
-        lines += ["", f"{'EM by kind':<28}" + "".join(f"{mode:>13}" for mode in summaries)]
+        column = max(13, *(len(mode) + 2 for mode in summaries))
+        lines += ["", f"{'EM by kind':<28}" + "".join(f"{mode:>{column}}" for mode in summaries)]
         for kind in kinds:
             cells = []
             for s in summaries.values():
                 entry = s["exact_match_by_kind"].get(kind)
-                cells.append(f"{entry['exact_match']:>7.3f} ({entry['n']:>3})" if entry else f"{'-':>13}")
+                cell = f"{entry['exact_match']:.3f} ({entry['n']:>3})" if entry else "-"
+                cells.append(f"{cell:>{column}}")
             lines.append(f"{kind:<28}" + "".join(cells))
     return "\n".join(lines)
 
@@ -227,8 +230,9 @@ def plot_modes(summaries: dict[str, dict[str, Any]], path: Path, title: str = ""
     xs = range(len(modes))
     ax.bar([x - 0.2 for x in xs], em, width=0.4, yerr=errors, capsize=4, label="exact match (95% CI)", color="#3b75af")
     ax.bar([x + 0.2 for x in xs], f1, width=0.4, label="token F1", color="#ef8636")
-    for x, value in zip(xs, em, strict=True):
-        ax.annotate(f"{value:.2f}", (x - 0.2, value), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    for x, mode, value in zip(xs, modes, em, strict=True):
+        top = summaries[mode]["exact_match_ci95"][1]  # above the error bar, not on it
+        ax.annotate(f"{value:.2f}", (x - 0.2, top), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
     ax.set_xticks(list(xs), modes)
     ax.set_ylim(0, max(1e-3, *em, *f1) * 1.3)
     ax.set_ylabel("score")

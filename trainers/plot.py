@@ -18,6 +18,7 @@ from typing import Any
 
 # (panel title, regular expression over metric names). A panel with no matching metric is left out.
 PANELS: tuple[tuple[str, str], ...] = (
+    ("SFT warm start: NLL of oracle policy tokens", r"^sft/nll$"),
     ("reward and its components", r"^reward/(mean|research_answer|format|search_budget_penalty|failed_call_penalty|f1_answer|exact_match_answer)$"),
     ("exact match / F1", r"^(exact_match|reward/f1)$"),
     ("tool calls per episode", r"^episode/\w+_calls$"),
