@@ -38,10 +38,13 @@ class EpisodeOutcome:
 # --- answer verification (SQuAD evaluation script semantics) ---------------------------------
 
 
+_PUNCTUATION = frozenset(string.punctuation)
+
+
 def normalize_answer(text: str) -> str:
     """Lower-case, drop punctuation and the articles a/an/the, collapse white space (SQuAD)."""
     text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 

@@ -99,6 +99,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     low, high = bootstrap_interval(em)
     summary = {
         "questions": len(by_question),
+        "per_question_exact_match": dict(zip(by_question, em, strict=True)),
         "samples_per_question": max((len(rs) for rs in by_question.values()), default=0),
         "exact_match": _mean(em),
         "exact_match_ci95": [low, high],
@@ -373,9 +374,6 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
                 file.write(json.dumps(record) + "\n")
         summary = summarise(records)
         summary["seconds"] = round(time.perf_counter() - started, 1)
-        summary["per_question_exact_match"] = {
-            qid: _mean([r["exact_match"] for r in records if r["id"] == qid]) for qid in dict.fromkeys(r["id"] for r in records)
-        }
         summaries[mode] = summary
 
     summary = {
