@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, machine, peak_rss_mb
 
 VOCABULARY_SIZE = 50_000
 WORDS_PER_PASSAGE = 100
@@ -42,7 +41,6 @@ BACKENDS = ("rank_bm25", "tantivy")
 REFERENCE_BUDGET = 20_000_000
 WARMUP_QUERIES = 5
 K = 10
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def _vocabulary() -> list[str]:
@@ -101,17 +99,12 @@ def _percentile_ms(seconds: list[float], q: float) -> float:
     return round(float(np.percentile(seconds, q)) * 1000, 3)
 
 
-def _peak_rss_mb() -> float:
-    # ru_maxrss is in kilobytes on Linux.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def measure(backend: str, passages: int, queries: int, seed: int) -> dict:
     """Build, load and query one backend in this process; return its metrics and top-k ids."""
     from agentenv.tools import BM25Index
 
     # `import agentenv` loads the environments and transformers; the backend adds to this.
-    import_rss_mb = _peak_rss_mb()
+    import_rss_mb = peak_rss_mb()
     query_texts = synthetic_queries(
         timed_query_count(backend, passages, queries) + WARMUP_QUERIES, seed
     )
@@ -150,7 +143,7 @@ def measure(backend: str, passages: int, queries: int, seed: int) -> dict:
         "build_s": round(build_s, 2),
         "load_s": round(load_s, 4),
         "import_rss_mb": import_rss_mb,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "index_mb": round(index_mb, 1),
         "timed_queries": len(timed),
         "p50_ms": _percentile_ms(latencies, 50),
@@ -188,18 +181,6 @@ def _run_worker(backend: str, passages: int, queries: int, seed: int) -> dict:
         ]
         subprocess.run(command, check=True)
         return json.loads(Path(out.name).read_text())
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return f"{len(os.sched_getaffinity(0))} cores (nproc), {cpu}, load average {os.getloadavg()[0]:.1f} at start"
 
 
 def append_results(rows: list[dict], command: str, machine_at_start: str) -> None:

@@ -26,7 +26,8 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
-from retrieval import RESULTS, machine, synthetic_passages, synthetic_queries
+from common import RESULTS, machine
+from retrieval import synthetic_passages, synthetic_queries
 
 from agentenv.tools import BM25Index, RetrieverClient
 from agentenv.tools.retrieval_client import RetrieverError

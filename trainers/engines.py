@@ -133,8 +133,9 @@ class TransformersEngine:
     The engine holds a reference to the training model, not a copy, so it always samples from the
     current weights and ``update_weights`` has nothing to do.
 
-    Memory: transformers keeps the processed scores of every step (steps x prompts x vocabulary
-    floats, 200 MB for 16 prompts x 64 tokens of SmolLM2's 49k vocabulary); use vLLM for big batches.
+    The sampled token's logprob is taken at every step from that step's scores and the scores are
+    dropped: asking ``generate`` for ``output_scores`` instead keeps steps x prompts x vocabulary
+    floats (400 MB for 16 prompts x 128 tokens of SmolLM2's 49k vocabulary) until the end.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any):
@@ -162,7 +163,8 @@ class TransformersEngine:
     def generate(
         self, prompts: list[list[int]], sampling: SamplingConfig, max_new_tokens: list[int] | None = None
     ) -> list[Completion]:
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+        from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 
         limits = per_prompt_limits(prompts, sampling, max_new_tokens)
         if not prompts:
@@ -172,19 +174,28 @@ class TransformersEngine:
         device = next(self.model.parameters()).device
         input_ids, attention_mask = self._left_pad(prompts, device)
         recorder = _FinishRecorder(self._stop_criterion(sampling.stop), self.eos_token_ids, limits, input_ids.shape[1])
+        # The distribution sampled from is built here, not by generate(): its own temperature and
+        # top-p warpers run after any processor passed in, and the recorder must see their output.
+        processors = []
         if sampling.temperature > 0:
-            # Neutral values for the other sampling filters: generate() fills unset fields from the
-            # checkpoint's generation_config.json (Qwen2.5's sets top_k=20), which would change the
-            # distribution we report logprobs of.
-            sampler = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, min_p=0.0, typical_p=1.0)
-        else:
-            sampler = dict(do_sample=False)
+            if sampling.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_p < 1.0:
+                processors.append(TopPLogitsWarper(sampling.top_p))
+        processors.append(recorder.score_tap)
+        # Neutral values for every filter generate() would add: it fills unset fields from the
+        # checkpoint's generation_config.json (Qwen2.5's sets top_k=20, temperature=0.7), which
+        # would change the distribution we report logprobs of.
         config = GenerationConfig(
-            **sampler,
+            do_sample=sampling.temperature > 0,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            min_p=0.0,
+            typical_p=1.0,
             max_new_tokens=max(limits),
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.tokenizer.pad_token_id,
-            output_scores=True,
             return_dict_in_generate=True,
             # These apply to greedy decoding too (Qwen2.5's generation config sets repetition_penalty=1.05).
             repetition_penalty=1.0,
@@ -201,17 +212,13 @@ class TransformersEngine:
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     generation_config=config,
+                    logits_processor=LogitsProcessorList(processors),
                     stopping_criteria=StoppingCriteriaList([recorder]),
                 )
         finally:
             self.model.train(was_training)
         generated = output.sequences[:, input_ids.shape[1] :]
-        # `scores` are the logits after temperature and top-p (-inf outside the nucleus): the very
-        # distribution each token was sampled from.
-        logprobs = torch.stack(
-            [step.float().log_softmax(-1).gather(-1, generated[:, t : t + 1])[:, 0] for t, step in enumerate(output.scores)],
-            dim=1,
-        )
+        logprobs = torch.stack(recorder.logprobs, dim=1)
         completions = []
         for row, (length, reason) in enumerate(zip(recorder.lengths, recorder.reasons, strict=True)):
             completions.append(
@@ -237,12 +244,26 @@ class TransformersEngine:
         return input_ids.to(device), attention_mask.to(device)
 
 
+class _ScoreTap:
+    """The last logits processor: keeps this step's scores (the distribution sampled from) for the
+    recorder, which runs after the token is drawn."""
+
+    def __init__(self):
+        self.scores: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.scores = scores
+        return scores
+
+
 class _FinishRecorder:
     """A stopping criterion that ends each row on its own terms and records where and why.
 
     transformers stops a row once any criterion says so and pads it afterwards; this one says so at
     a stop string (transformers' own ``StopStringCriteria``), at an EOS token, or at the row's own
     token limit, and remembers the length and finish reason, so the engine cuts each row exactly.
+    It also records the logprob of each step's sampled token under that step's scores (after
+    temperature and top-p: -inf outside the nucleus), taken from ``score_tap``.
     """
 
     def __init__(self, stop_strings, eos_token_ids: list[int], limits: list[int], prompt_width: int):
@@ -252,8 +273,13 @@ class _FinishRecorder:
         self.prompt_width = prompt_width
         self.lengths: list[int | None] = [None] * len(limits)
         self.reasons: list[FinishReason | None] = [None] * len(limits)
+        self.score_tap = _ScoreTap()
+        self.logprobs: list[torch.Tensor] = []  # one [rows] tensor per step
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        step_scores = self.score_tap.scores.float()
+        sampled = input_ids[:, -1:].to(step_scores.device)
+        self.logprobs.append((step_scores.gather(-1, sampled)[:, 0] - step_scores.logsumexp(-1)).cpu())
         generated = input_ids.shape[1] - self.prompt_width
         stopped = torch.isin(input_ids[:, -1].cpu(), self.eos_token_ids)
         if self.stop_strings is not None:
