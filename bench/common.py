@@ -60,11 +60,20 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def run_worker(script: str, arguments: Sequence[str], python: str = sys.executable, env: dict | None = None) -> dict:
-    """Run ``python script --out FILE ARGUMENTS`` and return the JSON it wrote to FILE."""
+def run_worker(script: str, arguments: Sequence[str], python: str = sys.executable, profile: str | None = None) -> dict:
+    """Run ``python script ARGUMENTS --out FILE`` and return the JSON it wrote to FILE.
+
+    ``profile``: record the worker with py-spy into bench/out/profile-<profile>.txt (collapsed
+    stacks, one per line with its sample count; ``python bench/profile_top.py FILE`` sums them).
+    """
     with tempfile.NamedTemporaryFile(suffix=".json", prefix="bench-") as out:
         command = [python, str(script), *arguments, "--out", out.name]
-        subprocess.run(command, check=True, env=None if env is None else {**os.environ, **env})
+        if profile:
+            OUT.mkdir(parents=True, exist_ok=True)
+            py_spy = Path(sys.executable).with_name("py-spy")
+            command = [str(py_spy), "record", "--format", "raw", "--rate", "50", "--subprocesses",
+                       "-o", str(OUT / f"profile-{profile}.txt"), "--", *command]
+        subprocess.run(command, check=True)
         return json.loads(Path(out.name).read_text())
 
 

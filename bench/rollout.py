@@ -103,6 +103,21 @@ def later_turn_contexts(batch) -> list[list[tuple[list[int], list[int]]]]:
     return turns
 
 
+def recomputed_history_tokens(engine, batch) -> tuple[int, int]:
+    """(history tokens the engine computes again at later turns, new tokens it reads there).
+
+    vLLM's prefix cache keeps whole blocks, so it recomputes the tail of the history past the last
+    full block; the transformers engine keeps nothing between calls and recomputes all of it."""
+    from agentenv.trainers.engines import VLLMEngine
+
+    turns = [item for turn in later_turn_contexts(batch) for item in turn]
+    if isinstance(engine, VLLMEngine):
+        recomputed = sum(len(seen) % engine.block_size for seen, _ in turns)
+    else:
+        recomputed = sum(len(seen) for seen, _ in turns)
+    return recomputed, sum(len(context) - len(seen) for seen, context in turns)
+
+
 def time_later_prefill(engine, batch) -> tuple[float, float]:
     """(seconds to prefill the prompts of turns 2, 3, ... as the rollout did, seconds to prefill only
     their new tokens): the difference is re-prefill, work on tokens the engine had already seen."""
@@ -127,12 +142,13 @@ def time_later_prefill(engine, batch) -> tuple[float, float]:
     return as_in_rollout, new_tokens_only
 
 
-def load_engine(kind: str, policy: str):
+def load_engine(kind: str, policy: str, vllm_block_size: int | None = None):
     """(engine, tokenizer, description, seconds to load)."""
     from agentenv.trainers.policy import load_policy_engine
 
     started = time.perf_counter()
-    engine, tokenizer, description = load_policy_engine(policy, kind)
+    options = {"block_size": vllm_block_size} if kind == "vllm" and vllm_block_size else {}
+    engine, tokenizer, description = load_policy_engine(policy, kind, **options)
     return engine, tokenizer, description, time.perf_counter() - started
 
 
@@ -154,6 +170,7 @@ def measure_workload(engine, envs, questions: list[dict], group_size: int, repea
             continue
         later_prefill_s, new_tokens_s = time_later_prefill(engine, batch)
         reprefill_s = max(0.0, later_prefill_s - new_tokens_s)
+        recomputed_tokens, new_prompt_tokens = recomputed_history_tokens(engine, batch)
         episodes = batch.episodes
         runs.append({
             "rollout_s": wall_s,
@@ -161,6 +178,8 @@ def measure_workload(engine, envs, questions: list[dict], group_size: int, repea
             "env_s": batch.env_seconds,
             "later_prefill_s": later_prefill_s,
             "reprefill_s": reprefill_s,
+            "recomputed_tokens": recomputed_tokens,
+            "new_prompt_tokens": new_prompt_tokens,
             "generated_tokens": batch.generated_tokens,
             "tokens_per_s": batch.generated_tokens_per_s,
             "overhead_share": (batch.env_seconds + reprefill_s) / wall_s,
@@ -174,11 +193,11 @@ def measure_workload(engine, envs, questions: list[dict], group_size: int, repea
 
 
 def measure_engine(kind: str, policy: str, workloads: list[str], questions_per_rollout: int, group_size: int,
-                   repeats: int) -> dict:
+                   repeats: int, vllm_block_size: int | None = None) -> dict:
     """Load one engine, then measure each workload on geo:dev questions."""
     from agentenv.envs import load_question_set
 
-    engine, tokenizer, description, startup_s = load_engine(kind, policy)
+    engine, tokenizer, description, startup_s = load_engine(kind, policy, vllm_block_size)
     questions = load_question_set("geo:dev")
     results = {"engine": kind, "policy": description, "startup_s": round(startup_s, 1), "workloads": {}}
     for workload in workloads:
@@ -213,7 +232,8 @@ def compare(rows: dict[str, dict]) -> list[dict]:
 COLUMNS = [
     ("workload", "workload"), ("engine", "engine"), ("episodes", "episodes"), ("rollout s", "rollout_s"),
     ("generation s", "generation_s"), ("env s", "env_s"), ("turn 2+ prefill s", "later_prefill_s"),
-    ("re-prefill s", "reprefill_s"),
+    ("re-prefill s", "reprefill_s"), ("history tokens recomputed", "recomputed_tokens"),
+    ("new prompt tokens, turns 2+", "new_prompt_tokens"),
     ("generated tokens", "generated_tokens"), ("tokens/s", "tokens_per_s"), ("overhead share", "overhead_share"),
     ("turns/episode", "turns"), ("tool calls/episode", "tool_calls"), ("tokens/episode", "context_tokens"),
     ("start-up s", "startup_s"), ("peak RSS MB", "peak_rss_mb"),
@@ -228,11 +248,13 @@ def main() -> int:
     parser.add_argument("--group-size", type=int, default=4, help="G: samples per question")
     parser.add_argument("--repeats", type=int, default=3, help="timed rollouts per workload, after one warm-up")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--vllm-block-size", type=int, help="KV-cache block size (default: the engine's)")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = measure_engine(args.worker, args.policy, args.workloads, args.questions, args.group_size, args.repeats)
+        result = measure_engine(args.worker, args.policy, args.workloads, args.questions, args.group_size, args.repeats,
+                                args.vllm_block_size)
         Path(args.out).write_text(json.dumps(result))
         return 0
 
@@ -240,6 +262,8 @@ def main() -> int:
     policy = args.policy or ensure_default_policy()
     shared = ["--policy", policy, "--workloads", *args.workloads, "--questions", str(args.questions),
               "--group-size", str(args.group_size), "--repeats", str(args.repeats)]
+    if args.vllm_block_size:
+        shared += ["--vllm-block-size", str(args.vllm_block_size)]
     results = {kind: run_worker(__file__, ["--worker", kind, *shared]) for kind in args.engines}
     rows = []
     for workload in args.workloads:

@@ -23,6 +23,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -61,9 +62,12 @@ def ensure_index(size: int) -> str:
     from agentenv.tools import BM25Index
 
     directory = OUT / "indexes" / f"geo-{size}"
-    if not (directory / "index.json").exists() and not any(directory.glob("*")):
+    if not directory.is_dir():
         print(f"building a {size:,}-passage index in {directory} ...", file=sys.stderr)
-        BM25Index.build(corpus_passages(size), out_dir=directory, show_progress=True)
+        partial = directory.with_name(directory.name + ".partial")  # an interrupted build is never used
+        shutil.rmtree(partial, ignore_errors=True)
+        BM25Index.build(corpus_passages(size), out_dir=partial, show_progress=True)
+        partial.rename(directory)
     return str(directory)
 
 

@@ -279,6 +279,8 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA r=16")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up")
+    parser.add_argument("--profile", action="store_true",
+                        help="record both trainers with py-spy into bench/out/profile-{ours,trl}.txt (slows them)")
     parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -305,8 +307,10 @@ def main() -> int:
         file.flush()
         worker = ["--settings", file.name]
         rows = [
-            summarise("agentenv", run_worker(__file__, ["--worker", "ours", *worker]), args.warmup),
-            summarise(f"TRL {TRL_VERSION}", run_worker(__file__, ["--worker", "trl", *worker], python=str(trl_python)), args.warmup),
+            summarise("agentenv", run_worker(__file__, ["--worker", "ours", *worker],
+                                             profile="ours" if args.profile else None), args.warmup),
+            summarise(f"TRL {TRL_VERSION}", run_worker(__file__, ["--worker", "trl", *worker], python=str(trl_python),
+                                                       profile="trl" if args.profile else None), args.warmup),
         ]
     ours, trl = rows
     comparison = {

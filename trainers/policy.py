@@ -72,8 +72,11 @@ def load_policy_model(spec: str, dtype: str = "auto"):
     return model, tokenizer, description
 
 
-def load_policy_engine(spec: str, engine: str = "transformers", dtype: str = "auto") -> tuple[Any, Any, str]:
-    """``(engine, tokenizer, description)`` ready to generate for the policy ``spec``."""
+def load_policy_engine(
+    spec: str, engine: str = "transformers", dtype: str = "auto", **vllm_kwargs: Any
+) -> tuple[Any, Any, str]:
+    """``(engine, tokenizer, description)`` ready to generate for the policy ``spec``;
+    ``vllm_kwargs`` go to ``VLLMEngine``."""
     from agentenv.trainers.engines import TransformersEngine, VLLMEngine
 
     if engine == "transformers":
@@ -83,10 +86,10 @@ def load_policy_engine(spec: str, engine: str = "transformers", dtype: str = "au
     if adapter is None:
         from agentenv.models import load_tokenizer
 
-        return VLLMEngine(base, dtype=dtype), load_tokenizer(base), base
+        return VLLMEngine(base, dtype=dtype, **vllm_kwargs), load_tokenizer(base), base
     # vLLM serves the merged model from a folder; it lives as long as the process.
     model, tokenizer, description = load_policy_model(spec, dtype)
     folder = tempfile.mkdtemp(prefix="agentenv-merged-")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return VLLMEngine(folder, dtype=dtype), tokenizer, description
+    return VLLMEngine(folder, dtype=dtype, **vllm_kwargs), tokenizer, description

@@ -1,0 +1,72 @@
+"""The measuring logic of bench/: which tokens a later turn re-reads, and how results are written.
+
+The benchmarks themselves run for minutes and are run by hand (bench/RESULTS.md); these tests keep
+the parts that decide what a figure means from drifting.
+"""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from agentenv.trajectory import Trajectory
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import common  # noqa: E402
+import rollout as rollout_bench  # noqa: E402
+from trainer_vs_trl import letter_share  # noqa: E402
+
+
+def episode(*segments):
+    trajectory = Trajectory()
+    for source, ids in segments:
+        trajectory.append(source, ids, [0.0] * len(ids) if source == "policy" else None)
+    return SimpleNamespace(trajectory=trajectory)
+
+
+@pytest.fixture
+def batch():
+    three_turns = episode(
+        ("prompt", [1, 2, 3]), ("policy", [4, 5]), ("tool", [6, 7, 8]), ("policy", [9]), ("tool", [10]), ("policy", [11])
+    )
+    one_turn = episode(("prompt", [1, 2, 3]), ("policy", [12, 13]))
+    return SimpleNamespace(episodes=[three_turns, one_turn])
+
+
+def test_later_turns_pair_what_the_engine_saw_with_the_whole_prompt(batch):
+    turns = rollout_bench.later_turn_contexts(batch)
+    # Turn 2: the engine had seen the prompt and its own reply; the prompt adds the tool output.
+    assert turns[0] == [([1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7, 8])]
+    assert turns[1] == [([1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])]
+    assert len(turns) == 2  # the one-turn episode has no later turn
+
+
+def test_recomputed_history_is_everything_without_a_cache_and_the_block_tail_with_one(batch):
+    no_cache = object()  # not a VLLMEngine: the transformers engine keeps nothing between calls
+    assert rollout_bench.recomputed_history_tokens(no_cache, batch) == (5 + 9, 3 + 1)
+
+    from agentenv.trainers.engines import VLLMEngine
+
+    cached = VLLMEngine.__new__(VLLMEngine)  # only block_size is read
+    cached.block_size = 4
+    assert rollout_bench.recomputed_history_tokens(cached, batch) == (5 % 4 + 9 % 4, 3 + 1)
+
+
+def test_results_table_has_one_row_per_result_and_marks_missing_values(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
+    rows = [{"engine": "vllm", "tokens_per_s": 81.4, "peak_rss_mb": 3539.7}, {"engine": "transformers", "tokens_per_s": 24.1}]
+    common.append_section("Rollout engines", "python bench/rollout.py", ["machine line"], [
+        ("engine", "engine"), ("tokens/s", "tokens_per_s"), ("peak RSS MB", "peak_rss_mb")], rows)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Rollout engines, " in text and "`python bench/rollout.py`" in text
+    assert "|---|---:|---:|" in text
+    assert "| vllm | 81.4 | 3,540 |" in text
+    assert "| transformers | 24.1 | – |" in text
+
+
+def test_the_shared_reward_varies_with_the_text():
+    assert letter_share("abc") == 1.0
+    assert letter_share("a1") == 0.5
+    assert letter_share("") == 0.0
