@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine, peak_rss_mb
+from common import RESULTS, machine, peak_rss_mb, run_worker
 
 VOCABULARY_SIZE = 50_000
 WORDS_PER_PASSAGE = 100
@@ -163,26 +162,6 @@ def agreement(reference: list[list[str]], candidate: list[list[str]]) -> tuple[f
     return round(float(recall), 3), round(float(same_first), 3)
 
 
-def _run_worker(backend: str, passages: int, queries: int, seed: int) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [
-            sys.executable,
-            __file__,
-            "--worker",
-            backend,
-            "--sizes",
-            str(passages),
-            "--queries",
-            str(queries),
-            "--seed",
-            str(seed),
-            "--out",
-            out.name,
-        ]
-        subprocess.run(command, check=True)
-        return json.loads(Path(out.name).read_text())
-
-
 def append_results(rows: list[dict], command: str, machine_at_start: str) -> None:
     lines = [
         f"\n## Retrieval backends, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
@@ -222,7 +201,11 @@ def main() -> None:
     rows = []
     for passages in args.sizes:
         results = {
-            backend: _run_worker(backend, passages, args.queries, args.seed) for backend in BACKENDS
+            backend: run_worker(
+                __file__,
+                ["--worker", backend, "--sizes", str(passages), "--queries", str(args.queries), "--seed", str(args.seed)],
+            )
+            for backend in BACKENDS
         }
         recall, same_first = agreement(
             results["rank_bm25"]["top_ids"], results["tantivy"]["top_ids"]

@@ -103,29 +103,31 @@ def later_turn_contexts(batch) -> list[list[tuple[list[int], list[int]]]]:
     return turns
 
 
-def recomputed_history_tokens(engine, batch) -> tuple[int, int]:
-    """(history tokens the engine computes again at later turns, new tokens it reads there).
+def recomputed_history_tokens(engine, turns) -> tuple[int, int]:
+    """(history tokens the engine computes again at later turns, new tokens it reads there), for
+    the ``turns`` of ``later_turn_contexts``.
 
     vLLM's prefix cache keeps whole blocks, so it recomputes the tail of the history past the last
     full block; the transformers engine keeps nothing between calls and recomputes all of it."""
     from agentenv.trainers.engines import VLLMEngine
 
-    turns = [item for turn in later_turn_contexts(batch) for item in turn]
+    pairs = [pair for turn in turns for pair in turn]
     if isinstance(engine, VLLMEngine):
-        recomputed = sum(len(seen) % engine.block_size for seen, _ in turns)
+        recomputed = sum(len(seen) % engine.block_size for seen, _ in pairs)
     else:
-        recomputed = sum(len(seen) for seen, _ in turns)
-    return recomputed, sum(len(context) - len(seen) for seen, context in turns)
+        recomputed = sum(len(seen) for seen, _ in pairs)
+    return recomputed, sum(len(context) - len(seen) for seen, context in pairs)
 
 
-def time_later_prefill(engine, batch) -> tuple[float, float]:
+def time_later_prefill(engine, turns) -> tuple[float, float]:
     """(seconds to prefill the prompts of turns 2, 3, ... as the rollout did, seconds to prefill only
-    their new tokens): the difference is re-prefill, work on tokens the engine had already seen."""
+    their new tokens), for the ``turns`` of ``later_turn_contexts``: the difference is re-prefill,
+    work on tokens the engine had already seen."""
     from agentenv.trainers.engines import SamplingConfig, VLLMEngine
 
     one_token = SamplingConfig(temperature=1.0, max_new_tokens=1, seed=0)
     as_in_rollout = new_tokens_only = 0.0
-    for turn in later_turn_contexts(batch):
+    for turn in turns:
         if isinstance(engine, VLLMEngine):
             # Forget the rollout's cache (it holds this turn's tool output), then cache what the
             # rollout had cached when this turn began.
@@ -168,9 +170,10 @@ def measure_workload(engine, envs, questions: list[dict], group_size: int, repea
         wall_s = time.perf_counter() - began
         if repeat == 0:
             continue
-        later_prefill_s, new_tokens_s = time_later_prefill(engine, batch)
+        turns = later_turn_contexts(batch)
+        later_prefill_s, new_tokens_s = time_later_prefill(engine, turns)
         reprefill_s = max(0.0, later_prefill_s - new_tokens_s)
-        recomputed_tokens, new_prompt_tokens = recomputed_history_tokens(engine, batch)
+        recomputed_tokens, new_prompt_tokens = recomputed_history_tokens(engine, turns)
         episodes = batch.episodes
         runs.append({
             "rollout_s": wall_s,

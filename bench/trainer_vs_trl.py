@@ -127,8 +127,9 @@ def ensure_trl_venv() -> Path:
 ONE_TURN_ID = "bench/OneTurn-v0"
 
 
-def one_turn_env(tokenizer, questions, max_turn_tokens: int, reward=None, **_):
-    """`agentenv eval`'s closed-book environment, rewarded by ``letter_share`` of the reply."""
+def one_turn_env(tokenizer, questions, max_turn_tokens: int, **_):
+    """`agentenv eval`'s closed-book environment, rewarded by ``letter_share`` of the reply (the
+    config's ``reward`` that ``make_envs`` passes is not used)."""
     from agentenv import ToolEnv
     from agentenv.rewards import Reward
     from agentenv.trainers.evaluate import CLOSED_BOOK_PROMPT

@@ -45,13 +45,13 @@ def test_later_turns_pair_what_the_engine_saw_with_the_whole_prompt(batch):
 
 def test_recomputed_history_is_everything_without_a_cache_and_the_block_tail_with_one(batch):
     no_cache = object()  # not a VLLMEngine: the transformers engine keeps nothing between calls
-    assert rollout_bench.recomputed_history_tokens(no_cache, batch) == (5 + 9, 3 + 1)
+    assert rollout_bench.recomputed_history_tokens(no_cache, rollout_bench.later_turn_contexts(batch)) == (5 + 9, 3 + 1)
 
     from agentenv.trainers.engines import VLLMEngine
 
     cached = VLLMEngine.__new__(VLLMEngine)  # only block_size is read
     cached.block_size = 4
-    assert rollout_bench.recomputed_history_tokens(cached, batch) == (5 % 4 + 9 % 4, 3 + 1)
+    assert rollout_bench.recomputed_history_tokens(cached, rollout_bench.later_turn_contexts(batch)) == (5 % 4 + 9 % 4, 3 + 1)
 
 
 def test_results_table_has_one_row_per_result_and_marks_missing_values(tmp_path, monkeypatch):

@@ -348,19 +348,20 @@ class VLLMEngine:
         # LoRA slots only when asked: they add a LoRA kernel to every targeted layer.
         lora = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": 1} if lora_rank else {}
         self.lora_rank = lora_rank
-        # The prefix cache reuses whole KV blocks only: with vLLM-CPU's default of 128 tokens, every
-        # later turn of an episode computes up to 127 tokens of its history again. 32 is the least
-        # the CPU attention kernel takes; it cut the multi-turn geo rollout from 9.6 s to 7.4 s
-        # (bench/rollout.py). On a GPU vLLM's default (16) is already small.
-        if block_size is None and not torch.cuda.is_available():
-            block_size = 32
-        scheduling = {"block_size": block_size} if block_size else {}
+        scheduling: dict[str, Any] = {}
         if not torch.cuda.is_available():
+            # The prefix cache reuses whole KV blocks only: with vLLM-CPU's default of 128 tokens,
+            # every later turn of an episode computes up to 127 tokens of its history again. 32 is
+            # the least the CPU attention kernel takes; it cut the multi-turn geo rollout from
+            # 9.6 s to 7.4 s (bench/rollout.py). On a GPU vLLM's default (16) is already small.
+            block_size = block_size or 32
             # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
             # prompt is prefilled in chunks: it rewinds the request's generator, which a CPU
             # generator cannot do. Whole-prompt prefill never rewinds; a step holds at least one
             # whole prompt. Seen with 64 episodes (B 4 x G 16) of the geo environment.
             scheduling.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
+        if block_size:
+            scheduling["block_size"] = block_size
         self.llm = LLM(
             model=resolve_model(model_path),
             dtype=default_dtype(dtype),
