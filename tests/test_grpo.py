@@ -272,3 +272,44 @@ def test_engine_logprob_gap_is_logged(tokenizer):
     metrics = grpo_update(model, optimizer, None, episodes, GRPOConfig(), tokenizer.pad_token_id)
     # log π ≤ 0, so |0 − log π| is the mean NLL, about log(vocab) for a random model.
     assert metrics["logprob_gap/engine_vs_trainer"] == pytest.approx(math.log(len(tokenizer)), rel=0.1)
+
+
+class _FullForward(torch.nn.Module):
+    """The same parameters behind a plain forward: ``token_logprobs`` then projects every position."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **kwargs):
+        return self.model(**kwargs)
+
+
+def test_projecting_only_policy_positions_keeps_logprobs_and_entropy(tokenizer):
+    model = tiny_random_model(tokenizer)
+    episodes = _episodes(len(tokenizer))
+    batch = pad_trajectories([e.token_ids for e in episodes], [e.policy_mask for e in episodes], tokenizer.pad_token_id)
+    mask = batch.targets_mask(torch.arange(len(batch)), batch.input_ids.shape[1])
+    args = (batch.input_ids, batch.attention_mask, batch.start, 0.7)
+    fast, fast_entropy = token_logprobs(model, *args, with_entropy=True, target_mask=mask)
+    full, full_entropy = token_logprobs(_FullForward(model), *args, with_entropy=True, target_mask=mask)
+    torch.testing.assert_close(fast, full * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_entropy, full_entropy * mask, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGGREGATIONS)
+def test_projecting_only_policy_positions_keeps_loss_and_gradients(tokenizer, mode):
+    results = []
+    for wrap in (lambda m: m, _FullForward):
+        model = tiny_random_model(tokenizer)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        config = GRPOConfig(loss_agg=mode, micro_batch_size=2, max_response_tokens=16, epochs=2, minibatch_size=2)
+        metrics = grpo_update(
+            wrap(model), optimizer, None, _episodes(len(tokenizer)), config, tokenizer.pad_token_id,
+            max_grad_norm=None, generator=torch.Generator().manual_seed(0),
+        )
+        results.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (fast, fast_params), (full, full_params) = results
+    for key in ("loss", "entropy", "ratio/mean", "grad_norm"):
+        assert fast[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(fast_params, full_params, rtol=1e-4, atol=1e-6)

@@ -32,7 +32,8 @@ into micro-batches whose gradients accumulate to exactly the minibatch's loss; g
 clipping; one learning-rate scheduler step per update.
 
 Per-token log-probabilities come from one forward pass over the right-padded batch; the logits at
-position t−1 score token t. With μ = 1 and one minibatch, π_θ = π_old when the loss is computed,
+position t−1 score token t, and the vocabulary projection runs only where m = 1 (the loss reads
+nothing else). With μ = 1 and one minibatch, π_θ = π_old when the loss is computed,
 so logπ_old is the current logπ_θ detached (ρ = 1, the gradient is the policy gradient) and no
 extra forward pass is made. The engine's logprobs are never used as logπ_old: vLLM and
 transformers numerics differ, so their mean gap to the trainer's logπ_old is logged instead.
@@ -240,25 +241,60 @@ def token_logprobs(
     start: int,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    target_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token_t | tokens_<t) for t = start … T−1, shape ``[n, T − start]``; and the entropy of
     π at each of those positions when ``with_entropy``.
 
-    Only the logits that score targets are computed (``logits_to_keep``): the vocabulary projection
-    of the prompt is skipped. Logits are divided by the sampling temperature so π is the
-    distribution the engine sampled from.
+    Logits are divided by the sampling temperature so π is the distribution the engine sampled from.
+    With ``target_mask`` (``[n, T − start]``, 1 where the loss reads the token) the vocabulary
+    projection and the log-softmax run only at those positions and every other entry is 0: in a
+    multi-turn episode most positions after the prompt are tool output, and the projection onto
+    SmolLM2's 49k-word vocabulary is a fifth of its parameters. Without it, every target position is
+    projected (``logits_to_keep`` still skips the prompt).
     """
-    keep = input_ids.shape[1] - start + 1
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False).logits
-    logits = logits[:, :-1].float() / temperature  # logits at t−1 score token t
-    log_probs = F.log_softmax(logits, dim=-1)
-    targets = input_ids[:, start:]
-    logp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    parts = _decoder_and_head(model) if target_mask is not None else None
+    if parts is None:
+        keep = input_ids.shape[1] - start + 1
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False).logits
+        logits = logits[:, :-1].float() / temperature  # logits at t−1 score token t
+        log_probs = F.log_softmax(logits, dim=-1)
+        logp = log_probs.gather(-1, input_ids[:, start:].unsqueeze(-1)).squeeze(-1)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return logp, entropy
+    decoder, head = parts
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    scored = target_mask > 0
+    # The hidden state at t−1 scores token t.
+    log_probs = F.log_softmax(head(hidden[:, start - 1 : -1][scored]).float() / temperature, dim=-1)
+    selected = log_probs.gather(-1, input_ids[:, start:][scored].unsqueeze(-1)).squeeze(-1)
+    logp = selected.new_zeros(scored.shape)
+    logp[scored] = selected
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            entropy = torch.zeros(scored.shape, dtype=log_probs.dtype, device=log_probs.device)
+            entropy[scored] = -(log_probs.exp() * log_probs).sum(-1)
     return logp, entropy
+
+
+def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(the transformer body, the output projection) of a causal LM whose logits are exactly
+    ``head(body(x))``; None for models that change logits after the projection (Gemma 2's soft-cap,
+    Cohere's logit scale) or that do not expose the two parts, which then take the full forward."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: LoRA lives in its modules
+    config = getattr(base, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    get_decoder = getattr(base, "get_decoder", None)
+    decoder = get_decoder() if get_decoder else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
 
 
 def reference_context(model: torch.nn.Module, reference_model: torch.nn.Module | None):
@@ -283,7 +319,8 @@ def batch_logprobs(
         for rows in torch.arange(len(batch)).split(micro_batch_size):
             width = int(batch.lengths[rows].max())
             logp, _ = token_logprobs(
-                model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.start, temperature
+                model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.start, temperature,
+                target_mask=batch.targets_mask(rows, width),
             )
             out[rows, : width - batch.start] = logp.float()
     model.train(was_training)
@@ -387,6 +424,7 @@ def grpo_update(
                     batch.start,
                     temperature,
                     with_entropy=epoch == 0,
+                    target_mask=mask,
                 )
                 if single_pass:
                     old = logp.detach()

@@ -122,10 +122,11 @@ def _nll_terms(model, trajectories: Sequence[Trajectory], pad_id: int, micro_bat
     for rows in torch.arange(len(batch)).split(micro_batch_size):
         width = int(batch.lengths[rows].max())
         with torch.set_grad_enabled(grad):
-            logp, _ = token_logprobs(
-                model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.start
-            )
             mask = batch.targets_mask(rows, width)
+            logp, _ = token_logprobs(
+                model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.start,
+                target_mask=mask,
+            )
             yield -(logp * mask).sum(), mask.sum().item(), total_tokens
 
 
