@@ -5,7 +5,8 @@
     passages = load_corpus(geo_path("passages"))    # iterator of {"id", "title", "text"}
     test = load_questions(geo_path("test"))          # list of Question
 
-See corpora/geo/README.md for what the geography corpus holds and how it is rebuilt.
+See corpora/geo/README.md for what the geography corpus holds and how it is rebuilt, and
+corpora/airports/README.md for the airports corpus, a held-out domain for evaluation only.
 """
 
 from pathlib import Path
@@ -13,8 +14,16 @@ from pathlib import Path
 from agentenv.corpora.loaders import DataFormatError, Question, load_corpus, load_questions
 
 GEO_DIR = Path(__file__).parent / "geo"
+AIRPORTS_DIR = Path(__file__).parent / "airports"
 
-__all__ = ["DataFormatError", "Question", "geo_path", "load_corpus", "load_questions"]
+__all__ = [
+    "DataFormatError",
+    "Question",
+    "airports_path",
+    "geo_path",
+    "load_corpus",
+    "load_questions",
+]
 
 
 def geo_path(name: str) -> Path:
@@ -22,10 +31,19 @@ def geo_path(name: str) -> Path:
 
     Each is stored as ``<name>.jsonl.gz`` or ``<name>.jsonl``; the loaders read either.
     """
-    for candidate in (GEO_DIR / f"{name}.jsonl.gz", GEO_DIR / f"{name}.jsonl"):
+    return _shipped_file(GEO_DIR, name, "geography")
+
+
+def airports_path(name: str) -> Path:
+    """Path of a shipped airports file: "passages", "dev" or "test" (there is no train split)."""
+    return _shipped_file(AIRPORTS_DIR, name, "airports")
+
+
+def _shipped_file(directory: Path, name: str, corpus: str) -> Path:
+    for candidate in (directory / f"{name}.jsonl.gz", directory / f"{name}.jsonl"):
         if candidate.exists():
             return candidate
-    available = sorted(p.name.split(".")[0] for p in GEO_DIR.glob("*.jsonl*"))
+    available = sorted(p.name.split(".")[0] for p in directory.glob("*.jsonl*"))
     raise FileNotFoundError(
-        f"no shipped geography file named {name!r} in {GEO_DIR}; available: {available}"
+        f"no shipped {corpus} file named {name!r} in {directory}; available: {available}"
     )
