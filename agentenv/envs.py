@@ -3,6 +3,12 @@
 * ``agentenv/SearchQA-v0`` — search + calculator + answer, over the shipped ``geo`` corpus by default
   (or any index folder, or a Search-R1-protocol retriever URL).
 * ``agentenv/Calculator-v0`` — calculator + answer, on generated arithmetic word problems.
+* ``agentenv/RagQA-v0`` — retrieve-then-answer: the question with its top-k passages in front, one
+  answer turn, no tools (the baseline a search agent must beat).
+* ``agentenv/ClosedBookQA-v0`` — one answer turn from the model's own knowledge, no tools.
+
+The two baselines are environments like the agent's, so they are trained (``agentenv train
+--set env.id=agentenv/RagQA-v0``), SFT'd on the same questions and evaluated by the same code.
 
 Every keyword of ``ToolEnv`` (tokenizer, parser, reward, max_turns, ...) passes through.
 """
@@ -26,12 +32,25 @@ from agentenv.tools.calculator import CalculatorLimits, calculator, evaluate
 
 SEARCH_QA_ID = "agentenv/SearchQA-v0"
 CALCULATOR_ID = "agentenv/Calculator-v0"
+RAG_QA_ID = "agentenv/RagQA-v0"
+CLOSED_BOOK_QA_ID = "agentenv/ClosedBookQA-v0"
+
+CLOSED_BOOK_PROMPT = (
+    "Answer the question with a short answer (a name, a number or a code). "
+    "Write the final answer as <answer>your answer</answer>."
+)
+RAG_PROMPT = (
+    "Answer the question using the passages given with it. Give a short answer (a name, a "
+    "number or a code) and write it as <answer>your answer</answer>."
+)
 
 
 def register_envs() -> None:
     for env_id, entry_point in (
         (SEARCH_QA_ID, "agentenv.envs:make_search_qa_env"),
         (CALCULATOR_ID, "agentenv.envs:make_calculator_env"),
+        (RAG_QA_ID, "agentenv.envs:make_rag_qa_env"),
+        (CLOSED_BOOK_QA_ID, "agentenv.envs:make_closed_book_qa_env"),
     ):
         if env_id not in gym.registry:
             # No TimeLimit wrapper: ToolEnv truncates on its own turn and token budgets.
@@ -119,6 +138,68 @@ def make_search_qa_env(
         tokenizer=tokenizer,
         questions=load_question_set(questions) if questions is not None else None,
         **env_kwargs,
+    )
+
+
+class RetrieveThenAnswerEnv(ToolEnv):
+    """One answer turn on the question with the search tool's top-k passages in front of it.
+
+    The passages are retrieved with the question text when the episode starts and shown as the
+    agent's search results are (``Doc i (Title: …) text``); ``info["question"]`` keeps the question
+    as asked.
+    """
+
+    def __init__(self, search: Any, **env_kwargs: Any):
+        super().__init__(tools=[], **env_kwargs)
+        self.search = search
+
+    def _render_prompt(self, question: str) -> str:
+        [passages] = self.search.run_batch([{"query": question}])
+        return super()._render_prompt(f"Passages:\n{passages.text}\n\nQuestion: {question}")
+
+
+def _one_turn(env_kwargs: dict[str, Any], system_prompt: str) -> dict[str, Any]:
+    """A baseline is one answer turn whatever ``max_turns`` the caller shares with the agent's env.
+
+    A model that ignores the answer tags is still scored on what it said (EM/F1 of the whole
+    reply): the baselines get every chance, so beating them means something."""
+    return {"system_prompt": system_prompt, **env_kwargs, "max_turns": 1, "on_no_call": "answer"}
+
+
+def make_rag_qa_env(
+    index: Any = None,
+    retriever_url: str | None = None,
+    questions: str | Sequence[dict[str, Any]] | None = "geo:train",
+    k: int = 3,
+    max_search_tokens: int = 256,
+    tokenizer: Any = "embedded",
+    search: Any = None,
+    **env_kwargs: Any,
+) -> ToolEnv:
+    """Retrieve-then-answer over a BM25 index (default: the shipped ``geo`` corpus), or ``search``."""
+    if isinstance(tokenizer, str):
+        from agentenv.models import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    if search is None:
+        search = make_search_tool(index, retriever_url, k=k, max_tokens=max_search_tokens, tokenizer=tokenizer)
+    return RetrieveThenAnswerEnv(
+        search,
+        tokenizer=tokenizer,
+        questions=load_question_set(questions) if questions is not None else None,
+        **_one_turn(env_kwargs, RAG_PROMPT),
+    )
+
+
+def make_closed_book_qa_env(
+    questions: str | Sequence[dict[str, Any]] | None = "geo:train", tokenizer: Any = "embedded", **env_kwargs: Any
+) -> ToolEnv:
+    """One answer turn, no tools, no passages."""
+    return ToolEnv(
+        tools=[],
+        tokenizer=tokenizer,
+        questions=load_question_set(questions) if questions is not None else None,
+        **_one_turn(env_kwargs, CLOSED_BOOK_PROMPT),
     )
 
 

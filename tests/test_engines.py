@@ -336,3 +336,22 @@ def test_vllm_engine_samples_a_seeded_batch_longer_than_one_scheduler_step(vllm_
 
     assert [len(c.token_ids) for c in first] == [2] * 6
     assert [c.token_ids for c in vllm_engine.generate(prompts, sampling)] == [c.token_ids for c in first]
+
+
+def test_auto_engine_is_vllm_where_installed_and_says_why_otherwise(monkeypatch):
+    import importlib.util
+
+    from agentenv.trainers.engines import choose_engine
+
+    assert choose_engine("transformers", "some/folder") == ("transformers", "as configured")
+    kind, why = choose_engine("auto", None)
+    assert kind == "transformers" and "no folder on disk" in why
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    kind, why = choose_engine("auto", "some/folder")
+    assert kind == "transformers" and "vLLM is not installed" in why
+    monkeypatch.undo()
+    if importlib.util.find_spec("vllm") is not None:
+        assert choose_engine("auto", "some/folder")[0] == "vllm"
+    with pytest.raises(ValueError, match="engine kind"):
+        choose_engine("tensorrt", "some/folder")

@@ -21,7 +21,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 def run_eval(tiny_model_dir, out, *extra):
     args = ["eval", "--model", str(tiny_model_dir), "--questions", "geo:test", "--limit", "3",
-            "--max-turn-tokens", "8", "--max-turns", "2", "--out", str(out), *extra]
+            "--max-turn-tokens", "8", "--max-turns", "2", "--engine", "transformers", "--out", str(out), *extra]
     return main(args)
 
 
@@ -38,15 +38,20 @@ def test_eval_runs_all_three_modes_and_writes_its_outputs(tiny_model_dir, tmp_pa
     assert (tmp_path / "base" / "modes.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_rag_puts_the_retrieved_passages_in_front_of_the_question():
-    from agentenv.envs import make_search_tool
-    from agentenv.trainers.evaluate import rag_questions
+def test_rag_puts_the_retrieved_passages_in_front_of_the_question(tokenizer):
+    import gymnasium as gym
 
+    import agentenv  # noqa: F401
+
+    env = gym.make("agentenv/RagQA-v0", tokenizer=tokenizer, k=2, max_turns=4).unwrapped
     question = {"id": "q", "question": "Which country is Le Petit-Quevilly in?", "answers": ["France"]}
-    [rag] = rag_questions([question], make_search_tool(k=2))
-    assert rag["question"].startswith("Passages:\nDoc 1 (Title: Le Petit-Quevilly)")
-    assert rag["question"].endswith("Question: Which country is Le Petit-Quevilly in?")
-    assert rag["original_question"] == question["question"]
+    env.reset(options=question)
+    prompt = tokenizer.decode(env.trajectory.token_ids)
+    assert "Passages:\nDoc 1 (Title: Le Petit-Quevilly)" in prompt and "Doc 3" not in prompt
+    assert "Question: Which country is Le Petit-Quevilly in?" in prompt
+    assert env.tools == {} and env.max_turns == 1  # one answer turn, whatever the agent's budget
+    _, reward, terminated, _, info = env.step("<answer>France</answer>")
+    assert terminated and reward == 1.0 and info["question"]["question"] == question["question"]
 
 
 def test_samples_give_pass_at_k(tiny_model_dir, tmp_path):

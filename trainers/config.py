@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from agentenv.rewards import RewardConfig
+from agentenv.trainers.engines import ENGINE_KINDS
 from agentenv.trainers.grpo import LOSS_AGGREGATIONS, GRPOConfig
 from agentenv.trainers.sft import SFTConfig
 
@@ -39,11 +40,15 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     tiny_hidden_size: int = 64  # only for name: tiny-random
     tiny_layers: int = 2
+    # A training run (its newest checkpoint) or one checkpoint whose weights (adapter or full model)
+    # this run starts from; the optimizer, the step count and the data order start fresh. How GRPO
+    # starts from an SFT-only run, so both rows of an experiment share one warm start.
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    kind: str = "transformers"  # transformers | vllm
+    kind: str = "auto"  # auto (vLLM where installed, else transformers) | vllm | transformers
     temperature: float = 1.0
     top_p: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to make_engine
@@ -84,6 +89,18 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """The held-out curve: every ``every`` steps, and at step 0, the current policy answers the
+    first ``limit`` questions of ``questions`` greedily with the rollout engine in the training
+    environment, and ``dev/*`` metrics (EM, F1, tool calls, EM per kind) are logged with the step."""
+
+    every: int = 0  # steps; 0: no held-out curve
+    questions: str = "geo:dev"  # never the test split: tune on dev, report on test
+    limit: int | None = 100
+    batch_size: int = 32  # episodes generated together
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 50  # steps; the last step is always saved
     keep_last: int = 2
@@ -103,6 +120,7 @@ class TrainConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -110,7 +128,7 @@ class TrainConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("grpo", "sft"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "engine.kind": ("transformers", "vllm"),
+    "engine.kind": ENGINE_KINDS,
     "grpo.loss_agg": LOSS_AGGREGATIONS,
     "optim.schedule": ("constant", "cosine"),
     "reward.answer": ("research", "f1", "exact_match"),
@@ -125,6 +143,8 @@ MINIMUM: dict[str, float] = {
     "optim.lr": 0,
     "optim.warmup_steps": 0,
     "logging.transcripts_per_step": 0,
+    "eval.every": 0,
+    "eval.batch_size": 1,
     "checkpoint.every": 1,
     "checkpoint.keep_last": 1,
 }
@@ -191,6 +211,8 @@ def validate(config: TrainConfig) -> None:
         value = _get(config, key)
         if value < minimum:
             raise ConfigError(f"{key}: {value!r} is too small; it must be at least {minimum}")
+    if config.eval.limit is not None and config.eval.limit < 1:
+        raise ConfigError(f"eval.limit: {config.eval.limit!r} is too small; it must be at least 1, or null for all")
     for section in (config.grpo, config.sft):
         try:
             section.validate()

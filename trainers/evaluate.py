@@ -33,16 +33,6 @@ from agentenv.trainers.policy import PolicyNotFound
 
 MODES = ("closed-book", "rag", "agent")
 
-CLOSED_BOOK_PROMPT = (
-    "Answer the question with a short answer (a name, a number or a code). "
-    "Write the final answer as <answer>your answer</answer>."
-)
-RAG_PROMPT = (
-    "Answer the question using the passages given with it. Give a short answer (a name, a "
-    "number or a code) and write it as <answer>your answer</answer>."
-)
-
-
 class EvalError(Exception):
     """A problem with the user's input (path, format, option); printed without a traceback."""
 
@@ -51,26 +41,17 @@ class EvalError(Exception):
 
 
 def build_envs(mode: str, count: int, tokenizer: Any, search_tool: Any, env_kwargs: dict[str, Any]):
-    """``count`` environments for one mode, sharing one tokenizer and one search tool."""
+    """``count`` environments for one mode, sharing one tokenizer and one search tool: the agent's
+    ``SearchQA``, or the ``RagQA`` / ``ClosedBookQA`` baselines (agentenv/envs.py)."""
     from agentenv import ToolEnv
+    from agentenv.envs import make_closed_book_qa_env, make_rag_qa_env
     from agentenv.tools import calculator
 
     if mode == "agent":
         return [ToolEnv([search_tool, calculator], tokenizer=tokenizer, **env_kwargs) for _ in range(count)]
-    prompt = RAG_PROMPT if mode == "rag" else CLOSED_BOOK_PROMPT
-    # A model that ignores the answer tags is still scored on what it said (EM/F1 of the whole
-    # reply): the baselines get every chance, so beating them means something.
-    one_turn = {**env_kwargs, "max_turns": 1, "on_no_call": "answer"}
-    return [ToolEnv([], tokenizer=tokenizer, system_prompt=prompt, **one_turn) for _ in range(count)]
-
-
-def rag_questions(questions: list[dict[str, Any]], search_tool: Any) -> list[dict[str, Any]]:
-    """The question with its retrieved passages in front, formatted as the search tool shows them."""
-    outputs = search_tool.run_batch([{"query": q["question"]} for q in questions])
-    return [
-        {**q, "question": f"Passages:\n{out.text}\n\nQuestion: {q['question']}", "original_question": q["question"]}
-        for q, out in zip(questions, outputs, strict=True)
-    ]
+    if mode == "rag":
+        return [make_rag_qa_env(search=search_tool, questions=None, tokenizer=tokenizer, **env_kwargs) for _ in range(count)]
+    return [make_closed_book_qa_env(questions=None, tokenizer=tokenizer, **env_kwargs) for _ in range(count)]
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -115,6 +96,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     for rs in by_question.values():
         kinds[rs[0].get("kind") or "unknown"].append(sum(r["exact_match"] for r in rs) / len(rs))
     summary["exact_match_by_kind"] = {kind: {"n": len(v), "exact_match": _mean(v)} for kind, v in sorted(kinds.items())}
+    classes: dict[str, list[float]] = defaultdict(list)
+    for rs in by_question.values():
+        if rs[0].get("class"):
+            classes[rs[0]["class"]].append(sum(r["exact_match"] for r in rs) / len(rs))
+    summary["exact_match_by_class"] = {name: {"n": len(v), "exact_match": _mean(v)} for name, v in sorted(classes.items())}
     return summary
 
 
@@ -137,24 +123,48 @@ def evaluate_mode(
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
     """Run every question ``samples`` times in ``mode``; one record per episode."""
+    envs = build_envs(mode, max(1, batch_size // samples) * samples, tokenizer, search_tool, env_kwargs)
+    return evaluate_envs(mode, engine, envs, questions, samples, sampling, tokenizer)
+
+
+def evaluate_envs(
+    mode: str,
+    engine: Any,
+    envs: Sequence[Any],
+    questions: list[dict[str, Any]],
+    samples: int,
+    sampling: Any,
+    tokenizer: Any,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every question ``samples`` times through ``envs`` (any environment: the trainer's
+    held-out curve passes its own), ``len(envs) // samples`` questions at a time."""
     from tqdm import tqdm
 
     from agentenv.trainers.rollout import rollout
 
-    questions_per_batch = max(1, batch_size // samples)
-    envs = build_envs(mode, questions_per_batch * samples, tokenizer, search_tool, env_kwargs)
+    questions_per_batch = max(1, len(envs) // samples)
     records: list[dict[str, Any]] = []
-    progress = tqdm(total=len(questions), desc=f"eval {mode}", unit="q", file=sys.stderr)
+    bar = tqdm(total=len(questions), desc=f"eval {mode}", unit="q", file=sys.stderr, disable=not progress)
     for start in range(0, len(questions), questions_per_batch):
         chunk = questions[start : start + questions_per_batch]
-        if mode == "rag":
-            chunk = rag_questions(chunk, search_tool)
         batch = rollout(engine, envs[: len(chunk) * samples], chunk, samples, sampling)
         for index, episode in enumerate(batch.episodes):
             records.append(episode_record(mode, episode, index % samples, tokenizer))
-        progress.update(len(chunk))
-    progress.close()
+        bar.update(len(chunk))
+    bar.close()
     return records
+
+
+def question_class(question: dict[str, Any]) -> str | None:
+    """``calculator``, ``two-hop`` or ``single-hop`` from a question's ``needs_calculator`` and
+    ``hops`` (the geo and airports sets carry both); None when it says neither."""
+    if question.get("needs_calculator"):
+        return "calculator"
+    hops = question.get("hops")
+    if hops is None:
+        return None
+    return "two-hop" if int(hops) >= 2 else "single-hop"
 
 
 def episode_record(mode: str, episode: Any, sample: int, tokenizer: Any) -> dict[str, Any]:
@@ -165,7 +175,8 @@ def episode_record(mode: str, episode: Any, sample: int, tokenizer: Any) -> dict
         "mode": mode,
         "id": question.get("id"),
         "kind": question.get("kind"),
-        "question": question.get("original_question", question["question"]),
+        "class": question_class(question),
+        "question": question["question"],
         "answers": question["answers"],
         "sample": sample,
         "answer": episode.answer,
@@ -287,7 +298,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default=None, help="BM25 index folder (default: the shipped geo index)")
     parser.add_argument("--retriever-url", default=None, help="a Search-R1-protocol retrieval server instead of --index")
     parser.add_argument("--mode", nargs="+", default=list(MODES), choices=MODES, help="modes to run (default: all three)")
-    parser.add_argument("--engine", default="transformers", choices=("transformers", "vllm"))
+    parser.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"),
+                        help="auto (default): vLLM where it is installed, else the transformers engine")
     parser.add_argument("--samples", type=int, default=1, help="samples per question (k of pass@k); >1 samples at temperature 1")
     parser.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for one sample, 1 for several")
     parser.add_argument("--max-turns", type=int, default=4)
@@ -381,7 +393,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         "questions": args.questions,
         "num_questions": len(questions),
         "limit": args.limit,
-        "engine": args.engine,
+        "engine": type(engine).__name__,
         "samples": args.samples,
         "temperature": temperature,
         "modes": summaries,

@@ -73,12 +73,16 @@ def load_policy_model(spec: str, dtype: str = "auto"):
 
 
 def load_policy_engine(
-    spec: str, engine: str = "transformers", dtype: str = "auto", **vllm_kwargs: Any
+    spec: str, engine: str = "auto", dtype: str = "auto", **vllm_kwargs: Any
 ) -> tuple[Any, Any, str]:
     """``(engine, tokenizer, description)`` ready to generate for the policy ``spec``;
     ``vllm_kwargs`` go to ``VLLMEngine``."""
-    from agentenv.trainers.engines import TransformersEngine, VLLMEngine
+    import sys
 
+    from agentenv.trainers.engines import TransformersEngine, VLLMEngine, choose_engine
+
+    engine, why = choose_engine(engine, locate_policy(spec)[0])
+    print(f"rollout engine: {engine} ({why})", file=sys.stderr)
     if engine == "transformers":
         model, tokenizer, description = load_policy_model(spec, dtype)
         return TransformersEngine(model, tokenizer), tokenizer, description

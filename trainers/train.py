@@ -33,11 +33,12 @@ import yaml
 from agentenv.trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    load_model_weights,
     read_state,
     save_checkpoint,
 )
 from agentenv.trainers.config import ConfigError, TrainConfig, load_config, to_dict
-from agentenv.trainers.engines import SamplingConfig, make_engine
+from agentenv.trainers.engines import SamplingConfig, choose_engine, make_engine
 from agentenv.trainers.grpo import Episode, GRPOConfig, grpo_update, lr_multiplier
 from agentenv.trainers.metrics import MetricsLogger, write_transcripts
 from agentenv.trainers.rollout import episode_stats, rollout
@@ -129,7 +130,12 @@ def load_policy(config: TrainConfig, tokenizer: Any) -> Policy:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-    elif config.grpo.kl_beta > 0:
+    if config.model.init_from:
+        model_checkpoint = resolve_checkpoint(config.model.init_from)
+        load_model_weights(model_checkpoint, model)
+        print(f"agentenv train: weights from {model_checkpoint}", file=sys.stderr)
+    if not config.lora.enabled and config.grpo.kl_beta > 0:
+        # The reference is the starting policy: after init_from, the warm start's weights.
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     if torch.cuda.is_available():
         model = model.cuda()
@@ -137,12 +143,24 @@ def load_policy(config: TrainConfig, tokenizer: Any) -> Policy:
     return Policy(model, tokenizer, reference, model_path, dtype)
 
 
-def make_envs(config: TrainConfig, tokenizer: Any, count: int) -> list[Any]:
-    """``count`` environments from ``env.id``, sharing one tokenizer, question list and search index."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder's newest checkpoint (``model.init_from``)."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is None:
+        raise ConfigError(f"model.init_from: {path} is neither a checkpoint nor a run folder with a complete checkpoint")
+    return checkpoint
+
+
+def make_envs(config: TrainConfig, tokenizer: Any, count: int, questions: str | None = None) -> list[Any]:
+    """``count`` environments from ``env.id``, sharing one tokenizer, question list and search index;
+    ``questions`` replaces ``env.kwargs.questions`` (the held-out curve's dev questions)."""
     import gymnasium as gym
 
     import agentenv  # noqa: F401  (registers the environments)
-    from agentenv.envs import SEARCH_QA_ID, geo_index_dir
+    from agentenv.envs import RAG_QA_ID, SEARCH_QA_ID, geo_index_dir
 
     if config.env.id not in gym.registry:
         import difflib
@@ -151,7 +169,10 @@ def make_envs(config: TrainConfig, tokenizer: Any, count: int) -> list[Any]:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"env.id: {config.env.id!r} is not a registered environment{hint}")
     kwargs: dict[str, Any] = {"tokenizer": tokenizer, "reward": config.reward, **config.env.kwargs}
-    if config.env.id == SEARCH_QA_ID and kwargs.get("retriever_url") is None and not _is_loaded(kwargs.get("index")):
+    if questions is not None:
+        kwargs["questions"] = questions
+    searches = config.env.id in (SEARCH_QA_ID, RAG_QA_ID)
+    if searches and kwargs.get("retriever_url") is None and not _is_loaded(kwargs.get("index")):
         # One index in memory for all B·G environments, not one each.
         from agentenv.tools.bm25 import BM25Index
 
@@ -218,8 +239,10 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, phase: str, grp
 def build_engine(config: TrainConfig, policy: Policy, env: Any):
     """The rollout engine: transformers generates with the training model itself; vLLM loads its
     own copy of the base weights and receives ours through ``update_weights``."""
-    kwargs = dict(config.engine.kwargs)
-    if config.engine.kind == "vllm":
+    kind, why = choose_engine(config.engine.kind, policy.model_path)
+    print(f"agentenv train: rollout engine {kind} ({why})", file=sys.stderr)
+    kwargs = dict(config.engine.kwargs) if kind == "vllm" else {}
+    if kind == "vllm":
         if policy.model_path is None:
             raise ConfigError("engine.kind: 'vllm' needs a model on disk; model.name 'tiny-random' has none")
         kwargs.setdefault("seed", config.seed)
@@ -227,7 +250,7 @@ def build_engine(config: TrainConfig, policy: Policy, env: Any):
         if config.lora.enabled:
             kwargs.setdefault("lora_rank", config.lora.r)
     return make_engine(
-        config.engine.kind, policy.model_path, dtype=policy.dtype, model=policy.model, tokenizer=policy.tokenizer,
+        kind, policy.model_path, dtype=policy.dtype, model=policy.model, tokenizer=policy.tokenizer,
         **kwargs,
     )
 
@@ -286,16 +309,19 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         print(f"agentenv train: resumed from {checkpoint} (step {step})", file=sys.stderr)
 
     engine = None
-    if grpo_steps and step < total_steps:
+    if (grpo_steps or config.eval.every) and step < total_steps:
         engine = build_engine(config, policy, envs[0])
         engine.update_weights(model)
     max_response_tokens = config.grpo.max_response_tokens or _response_budget(envs[0])
     grpo_config = replace(config.grpo, max_response_tokens=max_response_tokens)
+    held_out = HeldOutCurve(config, tokenizer) if config.eval.every and engine is not None else None
 
     logger = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard, resume_step=step if checkpoint else None)
     progress = tqdm(total=total_steps, initial=step, disable=not config.logging.progress, desc="train", unit="step")
     metrics: dict[str, Any] = {}
     try:
+        if held_out is not None and checkpoint is None:
+            logger.log(0, held_out.evaluate(engine, policy.model))  # where the curve starts
         while step < total_steps:
             step += 1
             if phase_of(step) != phase:  # SFT is over: GRPO starts with a fresh optimizer
@@ -322,6 +348,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             metrics["data/cursor"] = order.cursor
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             metrics["time/step_s"] = time.perf_counter() - started
+            if held_out is not None and (step % config.eval.every == 0 or step == total_steps):
+                metrics.update(held_out.evaluate(engine, model, sync=phase == "sft"))
             logger.log(step, metrics)
             progress.update(1)
             progress.set_postfix({k: f"{metrics[m]:.3f}" for k, m in _POSTFIX.items() if m in metrics})
@@ -336,7 +364,44 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     return metrics
 
 
-_POSTFIX = {"reward": "reward/mean", "em": "exact_match", "kl": "kl", "nll": "sft/nll"}
+_POSTFIX = {"reward": "reward/mean", "em": "exact_match", "dev_em": "dev/exact_match", "kl": "kl", "nll": "sft/nll"}
+
+
+class HeldOutCurve:
+    """The ``eval`` section at work: the current policy, greedy, on a fixed slice of held-out
+    questions in the training environment, through the rollout engine; returns ``dev/*`` metrics."""
+
+    def __init__(self, config: TrainConfig, tokenizer: Any):
+        from agentenv.envs import load_question_set
+
+        self.questions = load_question_set(config.eval.questions)[: config.eval.limit]
+        if not self.questions:
+            raise ConfigError(f"eval.questions: {config.eval.questions!r} holds no questions")
+        count = min(config.eval.batch_size, len(self.questions))
+        self.envs = make_envs(config, tokenizer, count, questions=config.eval.questions)
+        self.tokenizer = tokenizer
+        self.seed = config.seed
+
+    def evaluate(self, engine: Any, model: torch.nn.Module, sync: bool = False) -> dict[str, float]:
+        """``sync``: push the weights first (SFT steps do not sync the engine; GRPO steps do)."""
+        from agentenv.trainers.evaluate import evaluate_envs, summarise
+
+        started = time.perf_counter()
+        if sync:
+            engine.update_weights(model)
+        was_training = model.training
+        model.eval()
+        sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.envs[0].max_turn_tokens, seed=self.seed)
+        records = evaluate_envs("dev", engine, self.envs, self.questions, 1, sampling, self.tokenizer, progress=False)
+        model.train(was_training)
+        summary = summarise(records)
+        metrics = {f"dev/{key}": summary[key] for key in
+                   ("exact_match", "f1", "searches", "calculator_calls", "valid_format", "turns", "policy_tokens")}
+        for group in ("exact_match_by_kind", "exact_match_by_class"):
+            for name, entry in summary[group].items():
+                metrics[f"dev/exact_match/{name}"] = entry["exact_match"]
+        metrics["time/dev_eval_s"] = time.perf_counter() - started
+        return metrics
 
 
 def _response_budget(env: Any) -> int:

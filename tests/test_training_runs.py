@@ -1,0 +1,108 @@
+"""What a training run adds for experiments: the held-out curve, starting from another run's
+weights, and the baselines' SFT data (retrieve-then-answer and closed-book oracle episodes)."""
+
+import json
+
+import gymnasium as gym
+import pytest
+import torch
+
+import agentenv  # noqa: F401  (registers the environments)
+from agentenv.trainers.config import ConfigError, load_config
+from agentenv.trainers.sft import oracle_episode
+from agentenv.trainers.train import train
+
+# A tiny random model on the search environment: seconds per step, real tokenizer, real index.
+TINY_SEARCH = [
+    "model.name=tiny-random",
+    "lora.enabled=false",
+    "engine.kind=transformers",
+    "env.id=agentenv/SearchQA-v0",
+    "env.kwargs={questions: 'geo:train', max_turns: 2, max_turn_tokens: 6, max_total_tokens: 768}",
+    "grpo.questions_per_step=2",
+    "grpo.group_size=2",
+    "logging.tensorboard=false",
+    "logging.progress=false",
+    "logging.transcripts_per_step=0",
+]
+
+QUESTION = {"id": "q", "question": "Which country is Le Petit-Quevilly in?", "answers": ["France"], "hops": 1}
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_held_out_curve_is_logged_at_step_zero_and_every_n_steps(tmp_path):
+    config = load_config(None, [*TINY_SEARCH, "max_steps=3", "eval.every=2", "eval.limit=3", "eval.questions=geo:dev"])
+    train(config, tmp_path / "run")
+    records = _records(tmp_path / "run")
+    with_dev = {r["step"]: r for r in records if "dev/exact_match" in r}
+    assert sorted(with_dev) == [0, 2, 3]  # the start, every 2 steps, and the last step
+    assert [r["step"] for r in records if "dev/exact_match" not in r] == [1]
+    first = with_dev[0]
+    for key in ("dev/f1", "dev/searches", "dev/calculator_calls", "dev/valid_format", "time/dev_eval_s"):
+        assert key in first, key
+    from agentenv.envs import load_question_set
+
+    kinds = {q["kind"] for q in load_question_set("geo:dev")[:3]}
+    assert {f"dev/exact_match/{kind}" for kind in kinds} <= set(first)
+
+
+def test_held_out_curve_needs_questions():
+    with pytest.raises(ConfigError, match="eval.limit"):
+        load_config(None, ["eval.every=1", "eval.limit=0"])
+
+
+def test_init_from_starts_with_the_other_runs_weights(tmp_path):
+    sft = load_config(None, [*TINY_SEARCH, "mode=sft", "max_steps=1", "sft.questions_per_step=2"])
+    train(sft, tmp_path / "sft")
+    from agentenv.trainers.checkpoint import latest_checkpoint, load_model_weights
+    from agentenv.trainers.train import load_policy, load_policy_tokenizer
+
+    config = load_config(None, [*TINY_SEARCH, f"model.init_from={tmp_path / 'sft'}"])
+    tokenizer = load_policy_tokenizer(config)
+    started = load_policy(config, tokenizer).model
+    fresh = load_policy(load_config(None, TINY_SEARCH), tokenizer).model
+    load_model_weights(latest_checkpoint(tmp_path / "sft"), fresh)
+    for (name, a), (_, b) in zip(started.state_dict().items(), fresh.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    untrained = load_policy(load_config(None, TINY_SEARCH), tokenizer).model
+    assert any(not torch.equal(a, b) for a, b in zip(started.parameters(), untrained.parameters(), strict=True))
+
+
+def test_init_from_a_folder_without_checkpoints_is_a_clear_error(tmp_path):
+    from agentenv.trainers.train import load_policy, load_policy_tokenizer
+
+    config = load_config(None, [*TINY_SEARCH, f"model.init_from={tmp_path}"])
+    with pytest.raises(ConfigError, match="neither a checkpoint nor a run folder"):
+        load_policy(config, load_policy_tokenizer(config))
+
+
+def test_rag_oracle_episode_answers_from_the_passages_in_one_turn(tokenizer):
+    env = gym.make("agentenv/RagQA-v0", tokenizer=tokenizer).unwrapped
+    episode = oracle_episode(env, QUESTION)
+    assert [s.source for s in episode.trajectory.segments] == ["prompt", "policy"]
+    prompt = tokenizer.decode(list(episode.trajectory.segments[0].token_ids))
+    assert "Doc 1 (Title: Le Petit-Quevilly)" in prompt and "France" in prompt
+    assert tokenizer.decode(list(episode.trajectory.segments[1].token_ids)) == "<answer>France</answer>"
+    assert episode.reward_components["exact_match"] == 1.0
+
+
+def test_closed_book_oracle_episode_is_the_question_and_the_answer(tokenizer):
+    env = gym.make("agentenv/ClosedBookQA-v0", tokenizer=tokenizer).unwrapped
+    episode = oracle_episode(env, QUESTION)
+    assert [s.source for s in episode.trajectory.segments] == ["prompt", "policy"]
+    assert "Doc 1" not in tokenizer.decode(list(episode.trajectory.segments[0].token_ids))
+    assert episode.reward_components["exact_match"] == 1.0
+
+
+def test_baselines_train_on_the_same_questions_as_the_agent(tmp_path):
+    """Same seed and SFT budget: the three SFT runs see the same question ids in the same order."""
+    seen = {}
+    for env_id in ("agentenv/SearchQA-v0", "agentenv/RagQA-v0", "agentenv/ClosedBookQA-v0"):
+        config = load_config(None, [*TINY_SEARCH, f"env.id={env_id}", "mode=sft", "max_steps=2", "sft.questions_per_step=2"])
+        run = tmp_path / env_id.split("/")[1]
+        train(config, run)
+        seen[env_id] = [r["data/question_ids"] for r in _records(run)]
+    assert len({json.dumps(ids) for ids in seen.values()}) == 1
