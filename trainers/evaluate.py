@@ -96,6 +96,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     for rs in by_question.values():
         kinds[rs[0].get("kind") or "unknown"].append(sum(r["exact_match"] for r in rs) / len(rs))
     summary["exact_match_by_kind"] = {kind: {"n": len(v), "exact_match": _mean(v)} for kind, v in sorted(kinds.items())}
+    summary["question_classes"] = {q: rs[0]["class"] for q, rs in by_question.items() if rs[0].get("class")}
     classes: dict[str, list[float]] = defaultdict(list)
     for rs in by_question.values():
         if rs[0].get("class"):

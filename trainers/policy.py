@@ -50,6 +50,21 @@ def locate_policy(spec: str) -> tuple[str, str | None]:
     )
 
 
+def tokenizer_source(model_dir: str) -> str:
+    """Where the tokenizer of ``model_dir`` is: the folder itself, or, for a fully fine-tuned
+    checkpoint (which holds weights only), the model its run was trained from (checkpoint/config.yaml)."""
+    folder = Path(model_dir)
+    if not folder.is_dir() or (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+        return model_dir
+    run_config = folder.parent / "config.yaml"
+    if folder.name == "model" and run_config.is_file():
+        import yaml
+
+        name = (yaml.safe_load(run_config.read_text()) or {}).get("model", {}).get("name", "embedded")
+        return "embedded" if name == "tiny-random" else name
+    return model_dir
+
+
 def load_policy_model(spec: str, dtype: str = "auto"):
     """``(model, tokenizer, description)`` with any adapter merged in."""
     from transformers import AutoModelForCausalLM
@@ -59,7 +74,7 @@ def load_policy_model(spec: str, dtype: str = "auto"):
 
     base, adapter = locate_policy(spec)
     try:
-        tokenizer = load_tokenizer(base)
+        tokenizer = load_tokenizer(tokenizer_source(base))
         model = AutoModelForCausalLM.from_pretrained(base, dtype=default_dtype(dtype))
     except OSError as error:
         raise PolicyNotFound(f"--model {spec}: cannot load {base}: {error}") from None
@@ -90,7 +105,7 @@ def load_policy_engine(
     if adapter is None:
         from agentenv.models import load_tokenizer
 
-        return VLLMEngine(base, dtype=dtype, **vllm_kwargs), load_tokenizer(base), base
+        return VLLMEngine(base, dtype=dtype, **vllm_kwargs), load_tokenizer(tokenizer_source(base)), base
     # vLLM serves the merged model from a folder; it lives as long as the process.
     model, tokenizer, description = load_policy_model(spec, dtype)
     folder = tempfile.mkdtemp(prefix="agentenv-merged-")

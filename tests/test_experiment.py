@@ -1,0 +1,97 @@
+"""`agentenv experiment` end to end on a tiny random model: train the runs (GRPO from the SFT run's
+weights), evaluate every row on two held-out sets (one with its own corpus, indexed by the
+experiment), write the table and plots; a second call reuses every stage; a changed run is refused."""
+
+import json
+
+import pytest
+import yaml
+
+from agentenv.cli import main
+
+BASE = {
+    "mode": "grpo",
+    "seed": 0,
+    "model": {"name": "tiny-random"},
+    "engine": {"kind": "transformers"},
+    "env": {"id": "agentenv/SearchQA-v0",
+            "kwargs": {"questions": "geo:train", "max_turns": 2, "max_turn_tokens": 6, "max_total_tokens": 768}},
+    "grpo": {"questions_per_step": 2, "group_size": 2},
+    "sft": {"questions_per_step": 2},
+    "lora": {"enabled": False},
+    "logging": {"tensorboard": False, "progress": False, "transcripts_per_step": 0},
+}
+
+EXPERIMENT = {
+    "runs": {
+        "sft-agent": ["mode=sft", "max_steps=2"],
+        "sft-rag": ["mode=sft", "max_steps=2", "env.id=agentenv/RagQA-v0"],
+        "grpo-agent": ["model.init_from=sft-agent", "max_steps=2", "eval.every=1", "eval.limit=2"],
+    },
+    "rows": [
+        {"name": "rag (SFT)", "model": "sft-rag", "mode": "rag"},
+        {"name": "agent (SFT)", "model": "sft-agent", "mode": "agent"},
+        {"name": "agent (SFT + GRPO)", "model": "grpo-agent", "mode": "agent"},
+    ],
+    "reference": "agent (SFT + GRPO)",
+    "evals": {
+        "geo": {"questions": "geo:test", "limit": 3},
+        "airports": {"questions": "corpora/airports/test.jsonl", "limit": 2, "corpus": "corpora/airports/passages.jsonl.gz"},
+    },
+    "eval_settings": {"engine": "transformers", "max_turns": 2, "max_turn_tokens": 6, "batch_size": 4},
+}
+
+
+def write_experiment(tmp_path, experiment):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    path = tmp_path / "experiment.yaml"
+    data = {**experiment, "base": str(tmp_path / "base.yaml"), "out": str(tmp_path / "out")}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # runs train in the order listed
+    return path
+
+
+@pytest.mark.slow
+def test_experiment_trains_evaluates_reports_and_resumes(tmp_path, capsys):
+    config = write_experiment(tmp_path, EXPERIMENT)
+    assert main(["experiment", "--config", str(config)]) == 0
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    for set_name, n in (("geo", 3), ("airports", 2)):
+        rows = results["sets"][set_name]["rows"]
+        assert list(rows) == ["rag (SFT)", "agent (SFT)", "agent (SFT + GRPO)"]
+        assert all(row["questions"] == n for row in rows.values())
+        assert "reference_minus_row" in rows["agent (SFT)"] and "reference_minus_row" not in rows["agent (SFT + GRPO)"]
+    assert results["budgets"]["agent (SFT + GRPO)"]["sft_examples"] == 4  # its warm start counts
+    assert results["budgets"]["agent (SFT + GRPO)"]["grpo_samples"] == 2 * 2 * 2
+    assert (out / "indexes" / "airports" / "index.json").is_file()
+    table = (out / "results.md").read_text()
+    assert "### geo (geo:test)" in table and "| agent (SFT) | 3 |" in table
+    for plot in ("em-by-method.png", "em-vs-searches.png", "em-by-kind.png", "dev-curve.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG", plot
+    dev = [json.loads(line) for line in (out / "grpo-agent" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in dev if "dev/exact_match" in r] == [0, 1, 2]
+
+    summaries = sorted(out.glob("eval/*/*/summary.json"))
+    assert len(summaries) == 6
+    written = {path: path.stat().st_mtime_ns for path in summaries}
+    capsys.readouterr()
+    assert main(["experiment", "--config", str(config)]) == 0
+    assert {path: path.stat().st_mtime_ns for path in summaries} == written  # nothing evaluated again
+    assert capsys.readouterr().err.count("is complete") == 3
+
+    changed = {**EXPERIMENT, "runs": {**EXPERIMENT["runs"], "sft-agent": ["mode=sft", "max_steps=2", "sft.lr=0.5"]}}
+    assert main(["experiment", "--config", str(write_experiment(tmp_path, changed))]) == 2
+    assert "trained with another config" in capsys.readouterr().err
+
+
+def test_a_broken_experiment_config_names_the_problem(tmp_path, capsys):
+    broken = {**EXPERIMENT, "reference": "nobody"}
+    assert main(["experiment", "--config", str(write_experiment(tmp_path, broken))]) == 2
+    assert "reference 'nobody' is not a row name" in capsys.readouterr().err
+    bad_run = {**EXPERIMENT, "runs": {"sft-agent": ["grpo.group_sise=2"]}}
+    assert main(["experiment", "--config", str(write_experiment(tmp_path, bad_run))]) == 2
+    assert "runs.sft-agent: unknown key 'grpo.group_sise'" in capsys.readouterr().err
+    runs = EXPERIMENT["runs"]
+    misordered = {**EXPERIMENT, "runs": {"grpo-agent": runs["grpo-agent"], "sft-agent": runs["sft-agent"]}}
+    assert main(["experiment", "--config", str(write_experiment(tmp_path, misordered))]) == 2
+    assert "starts from sft-agent, which is trained later" in capsys.readouterr().err

@@ -1,0 +1,397 @@
+"""`agentenv experiment`: train every row of a comparison, evaluate each on held-out questions, one table.
+
+    agentenv experiment --config configs/experiment-geo.yaml [--stage train|eval|report]
+
+An experiment config (YAML) names:
+
+* ``base``: the training config every run starts from (``configs/cpu-smollm2.yaml``);
+* ``runs``: training runs in order, each a list of ``--set`` overrides on ``base``, trained into
+  ``OUT/<name>`` with ``agentenv train``. ``model.init_from=<an earlier run's name>`` starts a run
+  from that run's final weights (GRPO from the SFT-only agent: both rows share one warm start);
+* ``rows``: what the table compares, each a model (a run's name, ``embedded`` or a folder)
+  evaluated in one mode (``agent``, ``rag`` or ``closed-book``);
+* ``evals``: the held-out sets (``questions``, an optional ``limit``, and for a domain of its own a
+  ``corpus`` file, indexed once with ``agentenv index build``), and ``eval_settings``: the turn and
+  token limits every row is evaluated with;
+* ``reference``: the row every other row is compared to, with a paired bootstrap interval on the
+  EM difference over the same questions.
+
+Every stage resumes: a finished run is reused and an unfinished one continues from its newest
+checkpoint; an evaluation is reused when its ``summary.json`` is of the same checkpoint and
+questions. Each evaluation runs ``agentenv eval`` in a process of its own, so one engine's memory
+is gone before the next loads. ``OUT`` receives ``results.md``, ``results.json`` and the plots
+``em-by-method.png``, ``dev-curve.png``, ``em-vs-searches.png`` and ``em-by-class.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentenv.trainers.config import ConfigError, load_config, to_dict
+
+MODES = ("agent", "rag", "closed-book")
+STAGES = ("train", "eval", "report")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    model: str  # a run's name, "embedded", or a folder
+    mode: str
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    questions: str
+    limit: int | None = None
+    corpus: str | None = None  # a domain of its own: indexed into OUT/indexes/<name>
+
+
+@dataclass(frozen=True)
+class Experiment:
+    out: Path
+    base: str
+    runs: dict[str, list[str]]
+    rows: list[Row]
+    evals: list[EvalSet]
+    reference: str
+    eval_settings: dict[str, Any] = field(default_factory=dict)
+
+    def run_dir(self, name: str) -> Path:
+        return self.out / name
+
+    def model_of(self, row: Row) -> str:
+        return str(self.run_dir(row.model)) if row.model in self.runs else row.model
+
+
+def load_experiment(path: str | Path, out: str | None = None) -> Experiment:
+    """Read and check an experiment config; errors name the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    unknown = set(data) - {"out", "base", "runs", "rows", "evals", "reference", "eval_settings"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
+    for key in ("base", "rows", "evals", "reference"):
+        if key not in data:
+            raise ConfigError(f"{path}: '{key}' is missing")
+    runs = {str(name): [str(o) for o in (overrides or [])] for name, overrides in (data.get("runs") or {}).items()}
+    rows = []
+    for i, row in enumerate(data["rows"]):
+        if not isinstance(row, dict) or set(row) != {"name", "model", "mode"}:
+            raise ConfigError(f"{path}: rows[{i}] must have exactly 'name', 'model' and 'mode', got {row!r}")
+        if row["mode"] not in MODES:
+            raise ConfigError(f"{path}: rows[{i}].mode {row['mode']!r} is not one of {list(MODES)}")
+        rows.append(Row(str(row["name"]), str(row["model"]), row["mode"]))
+    names = [row.name for row in rows]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: row names must be unique, got {names}")
+    if data["reference"] not in names:
+        raise ConfigError(f"{path}: reference {data['reference']!r} is not a row name ({names})")
+    evals = []
+    for name, spec in data["evals"].items():
+        unknown = set(spec) - {"questions", "limit", "corpus"}
+        if "questions" not in spec or unknown:
+            raise ConfigError(f"{path}: evals.{name} needs 'questions' (and may have 'limit', 'corpus'), got {spec!r}")
+        evals.append(EvalSet(str(name), str(spec["questions"]), spec.get("limit"), spec.get("corpus")))
+    experiment = Experiment(
+        out=Path(out or data.get("out") or Path("runs") / path.stem),
+        base=str(data["base"]),
+        runs=runs,
+        rows=rows,
+        evals=evals,
+        reference=str(data["reference"]),
+        eval_settings=dict(data.get("eval_settings") or {}),
+    )
+    for position, name in enumerate(runs):  # fail now on a bad override, not an hour into the experiment
+        run_config(experiment, name)
+        for override in runs[name]:
+            key, _, value = override.partition("=")
+            if key.strip() == "model.init_from" and value.strip() in list(runs)[position:]:
+                raise ConfigError(f"{path}: runs.{name} starts from {value.strip()}, which is trained later; list it first")
+    return experiment
+
+
+def run_config(experiment: Experiment, name: str):
+    """The training config of run ``name``: ``base`` + its overrides; a run name in
+    ``model.init_from`` becomes that run's folder."""
+    overrides = []
+    for override in experiment.runs[name]:
+        key, _, value = override.partition("=")
+        if key.strip() == "model.init_from" and value.strip() in experiment.runs:
+            override = f"model.init_from={experiment.run_dir(value.strip())}"
+        overrides.append(override)
+    try:
+        return load_config(experiment.base, overrides)
+    except ConfigError as error:
+        raise ConfigError(f"runs.{name}: {error}") from error
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def total_steps(config) -> int:
+    return config.max_steps if config.mode == "sft" else config.sft.steps + config.max_steps
+
+
+def train_runs(experiment: Experiment) -> None:
+    from agentenv.trainers.checkpoint import latest_checkpoint, read_state
+    from agentenv.trainers.train import train
+
+    for name in experiment.runs:
+        config = run_config(experiment, name)
+        run_dir = experiment.run_dir(name)
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is not None:
+            if _what_matters(load_config(run_dir / "config.yaml")) != _what_matters(config):
+                raise ConfigError(
+                    f"{run_dir} was trained with another config than runs.{name} gives now; "
+                    "move it away or choose another --out"
+                )
+            if read_state(checkpoint)["step"] >= total_steps(config):
+                print(f"experiment: run {name} is complete ({checkpoint})", file=sys.stderr)
+                continue
+        print(f"\n=== experiment: training {name} into {run_dir} ===", file=sys.stderr, flush=True)
+        train(config, run_dir, resume=checkpoint is not None)
+
+
+def _what_matters(config) -> dict[str, Any]:
+    """A config without its ``logging`` section (progress bars, TensorBoard: not the result)."""
+    return {key: value for key, value in to_dict(config).items() if key != "logging"}
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def index_for(experiment: Experiment, eval_set: EvalSet) -> Path | None:
+    """The BM25 index of ``eval_set.corpus``, built once with ``agentenv index build``."""
+    if eval_set.corpus is None:
+        return None
+    index = experiment.out / "indexes" / eval_set.name
+    if not (index / "index.json").is_file():
+        index.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "agentenv.cli", "index", "build", "--corpus", eval_set.corpus, "--out", str(index)],
+            check=True,
+        )
+    return index
+
+
+def evaluated_checkpoint(experiment: Experiment, row: Row) -> str | None:
+    """What the row's evaluation is of: the run's final checkpoint (None while the run is not
+    finished), or the model as named."""
+    from agentenv.trainers.checkpoint import latest_checkpoint, read_state
+
+    if row.model not in experiment.runs:
+        return row.model
+    checkpoint = latest_checkpoint(experiment.run_dir(row.model))
+    if checkpoint is None or read_state(checkpoint)["step"] < total_steps(run_config(experiment, row.model)):
+        return None
+    return str(checkpoint)
+
+
+def eval_dir(experiment: Experiment, row: Row, eval_set: EvalSet) -> Path:
+    return experiment.out / "eval" / eval_set.name / slug(row.name)
+
+
+def evaluate_rows(experiment: Experiment) -> None:
+    settings = {"max_turns": 4, "max_turn_tokens": 64, "max_total_tokens": 1536, "passages": 3, "batch_size": 32,
+                "engine": "auto", **experiment.eval_settings}
+    for eval_set in experiment.evals:
+        index = index_for(experiment, eval_set)
+        for row in experiment.rows:
+            out = eval_dir(experiment, row, eval_set)
+            checkpoint = evaluated_checkpoint(experiment, row)
+            if checkpoint is None:
+                print(f"experiment: {row.name} waits for run {row.model} to finish training", file=sys.stderr)
+                continue
+            of = {"checkpoint": checkpoint, "questions": eval_set.questions,
+                  "limit": eval_set.limit, "mode": row.mode, "settings": settings}
+            if (out / "summary.json").is_file() and (out / "of.json").is_file():
+                if json.loads((out / "of.json").read_text()) == of:
+                    print(f"experiment: reusing {out}", file=sys.stderr)
+                    continue
+            print(f"\n=== experiment: {row.name} on {eval_set.name} ===", file=sys.stderr, flush=True)
+            argv = [sys.executable, "-m", "agentenv.cli", "eval", "--model", experiment.model_of(row),
+                    "--questions", eval_set.questions, "--mode", row.mode, "--out", str(out),
+                    "--engine", settings["engine"], "--max-turns", str(settings["max_turns"]),
+                    "--max-turn-tokens", str(settings["max_turn_tokens"]),
+                    "--max-total-tokens", str(settings["max_total_tokens"]),
+                    "--passages", str(settings["passages"]), "--batch-size", str(settings["batch_size"])]
+            if eval_set.limit:
+                argv += ["--limit", str(eval_set.limit)]
+            if index is not None:
+                argv += ["--index", str(index)]
+            (out / "of.json").unlink(missing_ok=True)
+            subprocess.run(argv, check=True)
+            (out / "of.json").write_text(json.dumps(of, indent=2) + "\n")
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def run_budget(experiment: Experiment, name: str) -> dict[str, Any]:
+    """What a run cost: SFT episodes, GRPO samples, optimizer steps, wall time on this machine."""
+    config = run_config(experiment, name)
+    path = experiment.run_dir(name) / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    steps = [r for r in records if "phase" in r]
+    sft = [r for r in steps if r["phase"] == "sft"]
+    grpo = [r for r in steps if r["phase"] == "grpo"]
+    budget = {
+        "sft_steps": len(sft),
+        "sft_examples": len(sft) * config.sft.questions_per_step,
+        "grpo_steps": len(grpo),
+        "grpo_samples": len(grpo) * config.grpo.questions_per_step * config.grpo.group_size,
+        "wall_s": sum(r.get("time/step_s", 0.0) + r.get("time/dev_eval_s", 0.0) for r in records),
+    }
+    init_from = config.model.init_from
+    parent = next((n for n in experiment.runs if init_from and Path(init_from) == experiment.run_dir(n)), None)
+    if parent is not None:  # the row's budget includes its warm start
+        before = run_budget(experiment, parent)
+        for key in ("sft_steps", "sft_examples", "wall_s"):
+            budget[key] += before[key]
+    return budget
+
+
+def collect(experiment: Experiment) -> dict[str, Any]:
+    from agentenv.trainers.evaluate import load_summary, paired_difference
+
+    results: dict[str, Any] = {"reference": experiment.reference, "sets": {}, "budgets": {}}
+    for row in experiment.rows:
+        budget = run_budget(experiment, row.model) if row.model in experiment.runs else {}
+        results["budgets"][row.name] = budget
+    for eval_set in experiment.evals:
+        summaries = {}
+        for row in experiment.rows:
+            out = eval_dir(experiment, row, eval_set)
+            if (out / "summary.json").is_file():
+                summaries[row.name] = load_summary(out)["modes"][row.mode]
+        reference = summaries.get(experiment.reference)
+        table = {}
+        for name, summary in summaries.items():
+            entry = {key: summary[key] for key in ("questions", "exact_match", "exact_match_ci95", "f1", "searches",
+                                                   "calculator_calls", "valid_format", "exact_match_by_kind")}
+            entry["exact_match_by_class"] = summary.get("exact_match_by_class", {})
+            if reference is not None and name != experiment.reference:
+                diff, low, high, n = paired_difference(summary, reference)
+                entry["reference_minus_row"] = {"em": diff, "ci95": [low, high], "questions": n}
+                entry["reference_minus_row_by_class"] = class_differences(summary, reference)
+            table[name] = entry
+        results["sets"][eval_set.name] = {"questions": eval_set.questions, "rows": table}
+    return results
+
+
+def class_differences(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Reference − row EM per question class (single-hop, two-hop, calculator), paired."""
+    from agentenv.trainers.evaluate import bootstrap_interval
+
+    classes = row.get("question_classes") or reference.get("question_classes") or {}
+    out = {}
+    for name in sorted(set(classes.values())):
+        ids = [q for q, c in classes.items() if c == name and q in row["per_question_exact_match"]
+               and q in reference["per_question_exact_match"]]
+        diffs = [reference["per_question_exact_match"][q] - row["per_question_exact_match"][q] for q in ids]
+        if diffs:
+            low, high = bootstrap_interval(diffs)
+            out[name] = {"em": sum(diffs) / len(diffs), "ci95": [low, high], "questions": len(diffs)}
+    return out
+
+
+def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
+    reference = experiment.reference
+    lines = []
+    for set_name, block in results["sets"].items():
+        rows = block["rows"]
+        lines += [f"### {set_name} ({block['questions']})", "",
+                  f"| method | n | EM [95 % CI] | F1 | searches/q | calculator/q | valid format | {reference} − row (paired, 95 % CI) |",
+                  "|---|---:|---|---:|---:|---:|---:|---|"]
+        for name, r in rows.items():
+            low, high = r["exact_match_ci95"]
+            diff = r.get("reference_minus_row")
+            diff_text = f"{diff['em']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff else "—"
+            lines.append(f"| {name} | {r['questions']} | {r['exact_match']:.3f} [{low:.3f}, {high:.3f}] | {r['f1']:.3f} | "
+                         f"{r['searches']:.2f} | {r['calculator_calls']:.2f} | {r['valid_format']:.2f} | {diff_text} |")
+        classes = sorted({c for r in rows.values() for c in r["exact_match_by_class"]})
+        if classes:
+            lines += ["", "| EM by class | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+            for name, r in rows.items():
+                cells = []
+                for c in classes:
+                    entry = r["exact_match_by_class"].get(c)
+                    cell = f"{entry['exact_match']:.3f} ({entry['n']})" if entry else "—"
+                    diff = r.get("reference_minus_row_by_class", {}).get(c)
+                    if diff:
+                        cell += f"; ref − row {diff['em']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"
+                    cells.append(cell)
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### budget (training on this machine)", "",
+              "| method | SFT steps | SFT examples | GRPO steps | GRPO samples | wall time |", "|---|---:|---:|---:|---:|---:|"]
+    for name, b in results["budgets"].items():
+        if b:
+            lines.append(f"| {name} | {b['sft_steps']} | {b['sft_examples']} | {b['grpo_steps']} | {b['grpo_samples']} | "
+                         f"{b['wall_s'] / 60:.1f} min |")
+        else:
+            lines.append(f"| {name} | 0 | 0 | 0 | 0 | — |")
+    return "\n".join(lines) + "\n"
+
+
+def report(experiment: Experiment) -> str:
+    from agentenv.trainers import experiment_plots
+
+    results = collect(experiment)
+    text = format_report(experiment, results)
+    (experiment.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (experiment.out / "results.md").write_text(text)
+    plots = experiment_plots.draw_all(experiment, results)
+    return text + "\nplots:\n" + "\n".join(f"  {path}" for path in plots) + "\n"
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/experiment-geo.yaml)")
+    parser.add_argument("--out", default=None, help="output folder (default: the config's 'out')")
+    parser.add_argument("--stage", choices=STAGES, nargs="+", default=list(STAGES), help="stages to run (default: all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    try:
+        experiment = load_experiment(args.config, args.out)
+        experiment.out.mkdir(parents=True, exist_ok=True)
+        if "train" in args.stage:
+            train_runs(experiment)
+        if "eval" in args.stage:
+            evaluate_rows(experiment)
+        if "report" in args.stage:
+            print(report(experiment))
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"agentenv experiment: error: {error}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as error:
+        print(f"agentenv experiment: error: {' '.join(error.cmd[2:5])} … failed (exit {error.returncode}); "
+              "fix it and run the same command again: finished stages are reused", file=sys.stderr)
+        return 1
+    minutes = (time.perf_counter() - started) / 60
+    print(f"experiment: done in {math.floor(minutes)} min; outputs in {experiment.out}", file=sys.stderr)
+    return 0
