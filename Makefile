@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: test test-fast test-slow demo bench bench-retrieval bench-rollout bench-trl bench-scaling lint clean
+.PHONY: test test-fast test-slow demo experiment bench bench-retrieval bench-rollout bench-trl bench-scaling lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,11 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-# The main job: evaluate the untrained embedded model, SFT + GRPO, evaluate again, print the table.
+# The main job: SFT the agent and a retrieve-then-answer model on the same data, GRPO the agent,
+# evaluate all three on held-out geo questions, print the table (configs/experiment-demo.yaml).
 demo: $(STAMP)
-	$(BIN)/python -m agentenv.trainers.demo
+	$(BIN)/agentenv experiment --config configs/experiment-demo.yaml
+
+# The full comparison (hours on 2 cores; every stage resumes): configs/experiment-geo.yaml.
+experiment: $(STAMP)
+	$(BIN)/agentenv experiment --config configs/experiment-geo.yaml

@@ -106,3 +106,35 @@ def test_baselines_train_on_the_same_questions_as_the_agent(tmp_path):
         train(config, run)
         seen[env_id] = [r["data/question_ids"] for r in _records(run)]
     assert len({json.dumps(ids) for ids in seen.values()}) == 1
+
+
+def test_probe_counts_groups_whose_rewards_all_agree():
+    from agentenv.trainers.probe import group_statistics
+
+    rewards = [[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.1, 1.0, 1.0, 1.0]]
+    correct = [[True, True, False, True], [False] * 4, [False, True, True, True]]
+    two = group_statistics(rewards, correct, 2)
+    assert two["equal_reward_groups"] == pytest.approx(2 / 3)  # the first two samples agree twice
+    assert two["pass_at_g"] == pytest.approx(2 / 3)
+    four = group_statistics(rewards, correct, 4)
+    assert four["equal_reward_groups"] == pytest.approx(1 / 3)
+    assert four["pass_at_g"] == pytest.approx(2 / 3)
+    assert four["reward_mean"] == pytest.approx(6.1 / 12)
+
+
+def test_probe_runs_on_a_tiny_model(tmp_path, capsys):
+    import yaml
+
+    from agentenv.cli import main
+
+    run = tmp_path / "sft"
+    train(load_config(None, [*TINY_SEARCH, "mode=sft", "max_steps=1", "sft.questions_per_step=2"]), run)
+    config = tmp_path / "config.yaml"
+    config.write_text((run / "config.yaml").read_text())
+    assert yaml.safe_load(config.read_text())["env"]["id"] == "agentenv/SearchQA-v0"
+    capsys.readouterr()
+    assert main(["probe", "--config", str(config), "--model", str(run), "--questions", "2",
+                 "--group-sizes", "2", "3", "--engine", "transformers"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["group_size"] for line in lines] == [2, 3]
+    assert all(0 <= line["equal_reward_groups"] <= 1 for line in lines)

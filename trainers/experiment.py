@@ -342,6 +342,9 @@ def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
                         cell += f"; ref − row {diff['em']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"
                     cells.append(cell)
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        for name, r in rows.items():
+            if "reference_minus_row" in r:
+                lines.append(f"- {verdict(reference, name, r['reference_minus_row'])}")
         lines.append("")
     lines += ["### budget (training on this machine)", "",
               "| method | SFT steps | SFT examples | GRPO steps | GRPO samples | wall time |", "|---|---:|---:|---:|---:|---:|"]
@@ -352,6 +355,19 @@ def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
         else:
             lines.append(f"| {name} | 0 | 0 | 0 | 0 | — |")
     return "\n".join(lines) + "\n"
+
+
+def verdict(reference: str, name: str, difference: dict[str, Any]) -> str:
+    """One line: is the reference better than the row, by the paired 95 % interval?"""
+    low, high = difference["ci95"]
+    if low > 0:
+        word = "better than"
+    elif high < 0:
+        word = "worse than"
+    else:
+        word = "not clearly different from"
+    return (f"{reference} is {word} {name}: EM {difference['em']:+.3f} [95 % CI {low:+.3f}, {high:+.3f}] "
+            f"over {difference['questions']} questions")
 
 
 def report(experiment: Experiment) -> str:
