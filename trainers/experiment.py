@@ -225,7 +225,8 @@ def evaluate_rows(experiment: Experiment) -> None:
             of = {"checkpoint": checkpoint, "questions": eval_set.questions,
                   "limit": eval_set.limit, "mode": row.mode, "settings": settings}
             if (out / "summary.json").is_file() and (out / "of.json").is_file():
-                if json.loads((out / "of.json").read_text()) == of:
+                previous = json.loads((out / "of.json").read_text())
+                if {k: v for k, v in previous.items() if k != "code"} == of:
                     print(f"experiment: reusing {out}", file=sys.stderr)
                     continue
             print(f"\n=== experiment: {row.name} on {eval_set.name} ===", file=sys.stderr, flush=True)
@@ -241,7 +242,21 @@ def evaluate_rows(experiment: Experiment) -> None:
                 argv += ["--index", str(index)]
             (out / "of.json").unlink(missing_ok=True)
             subprocess.run(argv, check=True)
-            (out / "of.json").write_text(json.dumps(of, indent=2) + "\n")
+            (out / "of.json").write_text(json.dumps({**of, "code": code_version()}, indent=2) + "\n")
+
+
+def code_version() -> str | None:
+    """The commit the package runs from (``+dirty`` with uncommitted changes), recorded with each
+    evaluation: rows evaluated by different code are flagged in the report."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -284,6 +299,8 @@ def collect(experiment: Experiment) -> dict[str, Any]:
             out = eval_dir(experiment, row, eval_set)
             if (out / "summary.json").is_file():
                 summaries[row.name] = load_summary(out)["modes"][row.mode]
+                of = json.loads((out / "of.json").read_text()) if (out / "of.json").is_file() else {}
+                results.setdefault("code", {})[f"{eval_set.name}/{row.name}"] = of.get("code")
         reference = summaries.get(experiment.reference)
         table = {}
         for name, summary in summaries.items():
@@ -346,6 +363,10 @@ def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
             if "reference_minus_row" in r:
                 lines.append(f"- {verdict(reference, name, r['reference_minus_row'])}")
         lines.append("")
+    versions = sorted({str(v) for v in results.get("code", {}).values()})
+    if len(versions) > 1:
+        lines += [f"Note: the rows were evaluated by different versions of the code ({', '.join(versions)}); "
+                  "results.json lists which.", ""]
     lines += ["### budget (training on this machine)", "",
               "| method | SFT steps | SFT examples | GRPO steps | GRPO samples | wall time |", "|---|---:|---:|---:|---:|---:|"]
     for name, b in results["budgets"].items():
