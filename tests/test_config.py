@@ -18,7 +18,12 @@ def test_defaults_are_a_valid_config():
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    load_config(path)
+    if path.name.startswith("experiment-"):
+        from agentenv.trainers.experiment import load_experiment
+
+        load_experiment(path)  # loads every run's training config too
+    else:
+        load_config(path)
 
 
 def test_yaml_then_overrides(tmp_path):
