@@ -93,13 +93,28 @@ def test_an_empty_batch_gets_an_empty_result(url):
     assert _retrieve(url, {"queries": []}).json() == {"result": []}
 
 
+def test_one_query_string_is_answered_as_a_batch_of_one(url):
+    # SkyRL-gym's search tool posts one string under "query"; SkyRL's own retrieval_server.py
+    # answers it with a list holding one list, and the tool reads result[0].
+    single = _retrieve(url, {"query": "capital of Burkina Faso", "topk": 2, "return_scores": True})
+    batch = _retrieve(
+        url, {"queries": ["capital of Burkina Faso"], "topk": 2, "return_scores": True}
+    )
+    assert single.status_code == 200
+    assert single.json() == batch.json()
+    assert len(single.json()["result"]) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
         (b"{not json", "body is not valid JSON"),
         (b"\xff\xfe", "body is not valid JSON"),
         (b"[1, 2]", "body must be a JSON object, got list"),
-        (b"{}", "'queries' must be a list of strings"),
+        (b"{}", "the body needs 'queries' (a list of strings, as Search-R1 sends) or 'query'"),
+        (b'{"query": ["capital"]}', "'query' must be a string, got list; send a list as 'queries'"),
+        (b'{"query": "capital", "queries": ["river"]}', "give 'queries' or 'query', not both"),
+        (json.dumps({"query": "x" * 1001}).encode(), "query 0 is 1001 characters long"),
         (b'{"queries": "capital"}', "'queries' must be a list of strings"),
         (b'{"queries": ["capital", 7]}', "'queries' must be a list of strings"),
         (
@@ -218,8 +233,58 @@ def test_parse_search_r1_and_flashrag_responses():
     ]
     with pytest.raises(ValueError, match="results for 2 queries"):
         parse_response({"result": [[document]]}, 2)
+    with pytest.raises(ValueError, match="a query's results must be a list, got dict"):
+        parse_response({"result": [document, document]}, 2)  # flat is for one query only
     with pytest.raises(ValueError, match="needs 'contents' or 'text'"):
         parse_response({"result": [[{"id": "7"}]]}, 1)
+
+
+def test_parse_one_query_answered_as_a_flat_list():
+    # A server answering a single "query" may send that query's documents without the outer list.
+    document = {"id": "7", "contents": '"Nile"\nA river.'}
+    nile = Hit(id="7", title="Nile", text="A river.", score=2.5)
+    unscored = Hit(id="7", title="Nile", text="A river.", score=0.0)
+    assert parse_response({"result": [{"document": document, "score": 2.5}]}, 1) == [[nile]]
+    assert parse_response({"result": [document, document]}, 1) == [[unscored, unscored]]
+    assert parse_response([document], 1) == [[unscored]]
+    assert parse_response({"result": []}, 1) == [[]]
+
+
+# --- SkyRL-gym's own search tool, from its released wheel (the test extra) ------------------
+
+
+def _skyrl_passages(hits):
+    """What skyrl_gym/tools/search.py's _passages2string makes of one query's hits."""
+    return "".join(f'Doc {rank}: "{hit.title}"\n{hit.text}\n' for rank, hit in enumerate(hits, 1))
+
+
+def test_skyrl_gym_search_tool_reads_our_answers(url, index):
+    from skyrl_gym.tools import SearchToolGroup
+
+    tool = SearchToolGroup(search_url=f"{url}/retrieve", topk=2, log_requests=False)
+    observation = tool.execute_tool("search", "capital of Burkina Faso")
+    expected = _skyrl_passages(index.search("capital of Burkina Faso", k=2))
+    assert json.loads(observation) == {"result": expected}
+
+
+def test_skyrl_gym_search_env_steps_on_our_server(url, index):
+    from skyrl_gym.envs.search.env import SearchEnv, SearchEnvConfig
+
+    env = SearchEnv(
+        SearchEnvConfig(search_url=f"{url}/retrieve", topk=1),
+        extras={"reward_spec": {"ground_truth": {"target": ["Ouagadougou"]}}, "max_turns": 3},
+    )
+    env.init([{"role": "user", "content": "What is the capital of Burkina Faso?"}])
+    searched = env.step("<search>capital of Burkina Faso</search>")
+    expected = _skyrl_passages(index.search("capital of Burkina Faso", k=1))
+    assert searched["observations"] == [
+        {
+            "role": "user",
+            "content": "\n<information>" + json.dumps({"result": expected}) + "</information>\n",
+        }
+    ]
+    answered = env.step("<answer>Ouagadougou</answer>")
+    assert answered["done"] and answered["reward"] == 1.0
 
 
 class _FlashRAGHandler(BaseHTTPRequestHandler):

@@ -8,6 +8,9 @@ Requests follow the server's URL:
 - ``.../batch_search``: FlashRAG's serving script (as ReSearch runs it),
   ``POST {"query": [...], "top_n": k, "return_score": true}`` -> ``[[documents...], [[scores...]]]``.
 
+A single query's results may also come as one flat list, ``{"result": [documents...]}`` or
+``[documents...]``, rather than a list holding one list; both read the same.
+
 Documents carry ``contents = '"Title"\\ntext'`` (wiki-18) or separate ``title`` and ``text``. Connection
 errors and 5xx answers are retried with exponential backoff; whatever still fails raises
 :class:`RetrieverError` with the URL and the cause, which the search tool shows the policy as an
@@ -58,10 +61,16 @@ def _hits_from_items(items: Any, scores: Any = None) -> list[Hit]:
     ]
 
 
+def _is_flat(results: Any) -> bool:
+    """True for one query's results given as a bare list of documents rather than a list of lists."""
+    return isinstance(results, list) and all(isinstance(item, dict) for item in results)
+
+
 def parse_response(payload: Any, num_queries: int) -> list[list[Hit]]:
     """Hits per query from a Search-R1 or FlashRAG response body, with or without scores.
 
-    Documents without scores get score 0.0. Raises ValueError if the shape is none of these.
+    For one query, a flat list of documents (or ``{"document", "score"}`` pairs) is that query's
+    results. Documents without scores get score 0.0. Raises ValueError if the shape is none of these.
     """
     if isinstance(payload, dict) and "result" in payload:
         per_query, scores = payload["result"], None
@@ -80,6 +89,8 @@ def parse_response(payload: Any, num_queries: int) -> list[list[Hit]]:
         per_query, scores = payload, None
     else:
         raise ValueError(f"expected {{'result': [...]}} or a list, got {type(payload).__name__}")
+    if num_queries == 1 and _is_flat(per_query):
+        per_query = [per_query]
     if not isinstance(per_query, list) or len(per_query) != num_queries:
         raise ValueError(f"expected results for {num_queries} queries")
     if scores is None:

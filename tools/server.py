@@ -3,8 +3,11 @@
 ``POST /retrieve`` with ``{"queries": [...], "topk": k, "return_scores": bool}`` answers
 ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}``, one list per query, as
 Search-R1's ``search_r1/search/retrieval_server.py`` does; without ``return_scores`` each list holds
-the documents alone. ``contents`` is ``'"Title"\\ntext'``, the wiki-18 layout Search-R1's prompts
-split back into title and text. ``GET /health`` reports the backend and the passage count.
+the documents alone. One query string, ``{"query": "...", "topk": k, "return_scores": bool}``, as
+SkyRL-gym's search tool (``skyrl_gym/tools/search.py``) posts it, is answered in the same shape with
+one list, as SkyRL's own ``retrieval_server.py`` answers it and as that tool reads it
+(``result[0]``). ``contents`` is ``'"Title"\\ntext'``, the wiki-18 layout Search-R1's prompts split
+back into title and text. ``GET /health`` reports the backend and the passage count.
 
 Any trainer that speaks this protocol can use our index, and our :class:`RetrieverClient` can use
 theirs (an e5 + FAISS server on wiki-18, say). Bad requests get a 4xx answer with
@@ -53,7 +56,10 @@ class BadRequest(Exception):
 
 
 def parse_retrieve_request(body: bytes) -> tuple[list[str], int, bool]:
-    """Check a ``/retrieve`` body; return (queries, topk, return_scores) or raise BadRequest."""
+    """Check a ``/retrieve`` body; return (queries, topk, return_scores) or raise BadRequest.
+
+    A single ``query`` string comes back as a list of one query.
+    """
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -62,9 +68,26 @@ def parse_retrieve_request(body: bytes) -> tuple[list[str], int, bool]:
         raise BadRequest(
             HTTPStatus.BAD_REQUEST, f"body must be a JSON object, got {type(payload).__name__}"
         )
-    queries = payload.get("queries")
-    if not isinstance(queries, list) or not all(isinstance(query, str) for query in queries):
-        raise BadRequest(HTTPStatus.BAD_REQUEST, "'queries' must be a list of strings")
+    if "queries" in payload and "query" in payload:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, "give 'queries' or 'query', not both")
+    if "query" in payload:
+        query = payload["query"]
+        if not isinstance(query, str):
+            raise BadRequest(
+                HTTPStatus.BAD_REQUEST,
+                f"'query' must be a string, got {type(query).__name__}; send a list as 'queries'",
+            )
+        queries = [query]
+    elif "queries" in payload:
+        queries = payload["queries"]
+        if not isinstance(queries, list) or not all(isinstance(query, str) for query in queries):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "'queries' must be a list of strings")
+    else:
+        raise BadRequest(
+            HTTPStatus.BAD_REQUEST,
+            "the body needs 'queries' (a list of strings, as Search-R1 sends) "
+            "or 'query' (one string, as SkyRL-gym sends)",
+        )
     if len(queries) > MAX_QUERIES:
         raise BadRequest(
             HTTPStatus.BAD_REQUEST,
