@@ -313,3 +313,11 @@ def test_projecting_only_policy_positions_keeps_loss_and_gradients(tokenizer, mo
     for key in ("loss", "entropy", "ratio/mean", "grad_norm"):
         assert fast[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
     torch.testing.assert_close(fast_params, full_params, rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batches_group_similar_lengths_and_keep_every_row():
+    from agentenv.trainers.grpo import micro_batches
+
+    lengths = torch.tensor([9, 3, 7, 3, 12, 5])
+    parts = micro_batches(torch.tensor([0, 2, 3, 4, 5]), lengths, 2)
+    assert [p.tolist() for p in parts] == [[3, 5], [2, 0], [4]]

@@ -297,6 +297,13 @@ def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
     return decoder, head
 
 
+def micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """``rows`` split into micro-batches of ``size``, sequences of similar length together: each
+    micro-batch is padded only to its own longest sequence, and the accumulated gradient is the
+    same sum in any order."""
+    return rows[lengths[rows].argsort(stable=True)].split(size)
+
+
 def reference_context(model: torch.nn.Module, reference_model: torch.nn.Module | None):
     """(the module to call, a context) for reference log-probs: a frozen copy if there is one, else
     the LoRA model with its adapter disabled (``peft``'s ``disable_adapter``)."""
@@ -316,7 +323,7 @@ def batch_logprobs(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for rows in torch.arange(len(batch)).split(micro_batch_size):
+        for rows in micro_batches(torch.arange(len(batch)), batch.lengths, micro_batch_size):
             width = int(batch.lengths[rows].max())
             logp, _ = token_logprobs(
                 model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.start, temperature,
@@ -413,7 +420,7 @@ def grpo_update(
             optimizer.zero_grad(set_to_none=True)
             minibatch_mask = batch.targets_mask(minibatch, int(batch.lengths[minibatch].max()))
             num_tokens, num_sequences = minibatch_mask.sum().item(), len(minibatch)
-            for rows in minibatch.split(config.micro_batch_size):
+            for rows in micro_batches(minibatch, batch.lengths, config.micro_batch_size):
                 width = int(batch.lengths[rows].max())
                 columns = width - batch.start
                 mask = batch.targets_mask(rows, width)

@@ -25,7 +25,7 @@ import torch
 
 from agentenv.env import ToolEnv
 from agentenv.parsing import JsonParser, TagParser
-from agentenv.trainers.grpo import clip_grad_norm, pad_trajectories, token_logprobs
+from agentenv.trainers.grpo import clip_grad_norm, micro_batches, pad_trajectories, token_logprobs
 from agentenv.trajectory import Trajectory
 
 
@@ -119,7 +119,7 @@ def _nll_terms(model, trajectories: Sequence[Trajectory], pad_id: int, micro_bat
     """Yield (summed NLL of a micro-batch's policy tokens, its token count, total tokens)."""
     batch = pad_trajectories([t.token_ids for t in trajectories], [t.policy_mask for t in trajectories], pad_id)
     total_tokens = batch.policy_mask.sum().item()
-    for rows in torch.arange(len(batch)).split(micro_batch_size):
+    for rows in micro_batches(torch.arange(len(batch)), batch.lengths, micro_batch_size):
         width = int(batch.lengths[rows].max())
         with torch.set_grad_enabled(grad):
             mask = batch.targets_mask(rows, width)
