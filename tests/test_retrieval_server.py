@@ -16,7 +16,7 @@ import pytest
 from agentenv.tools import BM25Index, RetrieverClient, search_tool
 from agentenv.tools.bm25 import Hit
 from agentenv.tools.retrieval_client import RetrieverError, parse_response
-from agentenv.tools.server import running_server
+from agentenv.tools.server import RetrieverServer, running_server
 
 PASSAGES = [
     {"id": "ouaga", "title": "Ouagadougou", "text": "Ouagadougou is the capital of Burkina Faso."},
@@ -433,6 +433,113 @@ def test_a_server_slower_than_the_timeout_is_not_waited_for():
         server.server_close()
 
 
+# --- stalled and flooding clients -----------------------------------------------------------
+
+STALLED_BODY = b'POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"queries": ['
+STALLED_HEADERS = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+
+
+def _open_stalled(url, count, request):
+    """``count`` connections that send the start of ``request`` and then nothing."""
+    host, port = url.removeprefix("http://").split(":")
+    connections = []
+    for _ in range(count):
+        connection = socket.create_connection((host, int(port)), timeout=10)
+        connection.sendall(request)
+        connections.append(connection)
+    return connections
+
+
+def _read_until_closed(connection, deadline):
+    """All the server sends before it closes the connection; fails if it is open at ``deadline``."""
+    received = b""
+    while True:
+        connection.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = connection.recv(1 << 16)  # raises TimeoutError if the server keeps it open
+        if not chunk:
+            return received
+        received += chunk
+
+
+def _threads_settle_at(count, within_s):
+    deadline = time.monotonic() + within_s
+    while threading.active_count() > count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return threading.active_count()
+
+
+def test_stalled_clients_leave_health_and_queries_answered_and_are_closed_at_the_deadline(index):
+    with running_server(index, read_timeout_s=1.0) as url:
+        threads_before = threading.active_count()
+        mid_body = _open_stalled(url, 100, STALLED_BODY)
+        mid_headers = _open_stalled(url, 50, STALLED_HEADERS)
+        try:
+            assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+            with RetrieverClient(url, timeout_s=5, max_retries=0) as client:
+                assert client.search("capital of Burkina Faso", k=1)[0].id == "ouaga"
+            deadline = time.monotonic() + 10
+            answers = [_read_until_closed(c, deadline) for c in mid_body + mid_headers]
+        finally:
+            for connection in mid_body + mid_headers:
+                connection.close()
+        # A stalled body is told why; a stalled header is just closed, as the stdlib does.
+        assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers[:100])
+        assert b"the 1000-byte body did not arrive within 1 s" in answers[0]
+        assert set(answers[100:]) == {b""}
+        assert _threads_settle_at(threads_before, within_s=5) <= threads_before
+
+
+def test_a_client_trickling_its_headers_is_cut_off_at_the_deadline(index):
+    # One byte every 0.1 s beats any per-receive timeout; the deadline bounds the whole request.
+    with running_server(index, read_timeout_s=1.0) as url:
+        (connection,) = _open_stalled(url, 1, b"GET /health HTTP/1.1\r\n")
+        cut_off = False
+        try:
+            for _ in range(100):  # 10 s of trickling at most
+                time.sleep(0.1)
+                try:
+                    connection.sendall(b"X")
+                except OSError:  # the server reset the connection
+                    cut_off = True
+                    break
+                connection.settimeout(0.01)
+                try:
+                    if connection.recv(1) == b"":  # the server closed the connection
+                        cut_off = True
+                        break
+                except TimeoutError:
+                    pass
+        finally:
+            connection.close()
+        assert cut_off
+
+
+def test_a_connection_past_the_limit_gets_503_with_a_json_error(index):
+    with running_server(index, max_connections=3, read_timeout_s=1.0) as url:
+        stalled = _open_stalled(url, 3, STALLED_BODY)
+        try:
+            refused = httpx.get(f"{url}/health", timeout=5)
+            assert refused.status_code == 503
+            assert refused.headers["Retry-After"] == "1"
+            assert refused.json() == {
+                "error": "the server is serving its limit of 3 connections (--max-connections); "
+                "retry shortly"
+            }
+            # Our client retries a 503 and gets through once the stalled ones are cut off.
+            with RetrieverClient(url, timeout_s=5, max_retries=6, backoff_s=0.1) as client:
+                assert client.search("river", k=1)[0].id == "nile"
+        finally:
+            for connection in stalled:
+                connection.close()
+
+
+def test_limits_must_be_positive(index):
+    with pytest.raises(ValueError, match="max_connections must be at least 1, got 0"):
+        RetrieverServer(index, port=0, max_connections=0)
+    with pytest.raises(ValueError, match="read_timeout_s must be positive, got 0"):
+        RetrieverServer(index, port=0, read_timeout_s=0)
+
+
 # --- the command line -----------------------------------------------------------------------
 
 
@@ -448,6 +555,10 @@ def test_serve_retriever_command_answers_on_its_port(index, tmp_path):
         str(tmp_path / "index"),
         "--port",
         str(port),
+        "--max-connections",
+        "16",
+        "--read-timeout-s",
+        "2.5",
     ]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

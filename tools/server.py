@@ -11,8 +11,23 @@ back into title and text. ``GET /health`` reports the backend and the passage co
 
 Any trainer that speaks this protocol can use our index, and our :class:`RetrieverClient` can use
 theirs (an e5 + FAISS server on wiki-18, say). Bad requests get a 4xx answer with
-``{"error": message}``. The stdlib ``ThreadingHTTPServer`` serves one thread per connection; tantivy
-releases the GIL while it searches, so connections are served in parallel.
+``{"error": message}``.
+
+Each connection is served by a thread of its own (tantivy releases the GIL while it searches, so
+connections are served in parallel), within two limits that keep stalled or flooding clients from
+taking the server down:
+
+- ``max_connections`` (``--max-connections``, default 512): connections served at once. One more
+  is answered ``503`` with ``{"error": ...}``, ``Retry-After: 1`` and ``Connection: close`` by the
+  accept loop itself, without a thread. SkyRL-gym's search tool and our client retry a 503;
+  Search-R1's rollout posts once and does not, so keep the limit above what its workers open.
+- ``read_timeout_s`` (``--read-timeout-s``, default 10): the deadline for a whole request, from
+  the moment the server starts waiting for it to the last byte of its body. A connection that
+  stalls mid-body gets ``408`` and is closed; one that stalls mid-header, or sits idle between
+  keep-alive requests that long, is closed (uvicorn, which serves Search-R1's and SkyRL's
+  retrievers, closes idle connections after 5 s). It is a deadline, not a per-receive timeout: a
+  client that trickles one byte at a time is cut off all the same. An answer the client does not
+  read within ``read_timeout_s`` is dropped.
 
 From Python (tests, benchmarks)::
 
@@ -23,9 +38,15 @@ From Python (tests, benchmarks)::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import math
+import socket
+import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -45,6 +66,17 @@ MAX_BODY_BYTES = 1 << 20
 # An oversized body is read and dropped up to this size, so the client gets to read the 413
 # instead of a reset connection; anything bigger is cut off.
 MAX_DISCARDED_BYTES = 16 << 20
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_READ_TIMEOUT_S = 10.0
+# The listen backlog. The stdlib's 5 overflows as soon as clients connect faster than the accept
+# loop starts threads, and each connection past it waits for a SYN retransmit (1 s, then 3 s...):
+# 600 connections took 99 s to open beside 200 stalled ones, with 5.
+LISTEN_BACKLOG = 1024
+# A connection answered 503 is closed this long after the answer, so the request it sends
+# meanwhile does not turn the close into a reset that loses the 503 before the client reads it;
+# at most MAX_LINGERING wait at once, the oldest closed first (each holds a file descriptor).
+REFUSED_LINGER_S = 1.0
+MAX_LINGERING = 128
 
 
 class BadRequest(Exception):
@@ -131,18 +163,56 @@ def retrieve_response(results: list[list[Hit]], return_scores: bool) -> dict[str
     return {"result": [[document(hit) for hit in hits] for hits in results]}
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's incoming bytes, every receive bounded by what is left of ``deadline``.
+
+    A per-receive socket timeout alone lets a client hold a thread for ever by sending one byte
+    just before each timeout; this bounds the whole request.
+    """
+
+    def __init__(self, connection: socket.socket, write_timeout_s: float):
+        self.connection = connection
+        self.write_timeout_s = write_timeout_s
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left_s = self.deadline - time.monotonic()
+        if left_s <= 0:
+            raise TimeoutError("the request did not arrive before its deadline")
+        self.connection.settimeout(left_s)
+        try:
+            return self.connection.recv_into(buffer)
+        finally:
+            # Answers go out with a timeout of their own, not with what is left of the deadline.
+            self.connection.settimeout(self.write_timeout_s)
+
+
 class _RetrieverHandler(BaseHTTPRequestHandler):
     # HTTP/1.1 keeps connections alive, so a pooled client skips a TCP handshake per request.
     protocol_version = "HTTP/1.1"
     # The stdlib writes headers and body in two sends; with Nagle's algorithm on, the body then
     # waits for the client's delayed ACK. Measured on loopback: p50 44 ms with it, 0.6 ms without.
     disable_nagle_algorithm = True
-    # Seconds a connection may sit idle or trickle a body before its thread gives up on it.
-    timeout = 60
     # The stdlib's own errors (a malformed request line, an unknown method) as JSON too.
     error_content_type = "application/json"
     error_message_format = '{"error": "%(message)s"}'
     server: RetrieverServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout_s  # the stdlib sets it on the socket: for writes
+        super().setup()
+        self.rfile.close()  # reads go through the request's deadline instead
+        self._reader = _DeadlineReader(self.connection, self.server.read_timeout_s)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The stdlib closes the connection on a TimeoutError while it reads the request line or
+        # the headers; _read_body answers 408 for one in the body.
+        self._reader.deadline = time.monotonic() + self.server.read_timeout_s
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
@@ -204,7 +274,15 @@ class _RetrieverHandler(BaseHTTPRequestHandler):
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"body is {length} bytes; the limit is {MAX_BODY_BYTES}",
             )
-        return self.rfile.read(length)
+        try:
+            return self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise BadRequest(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the {length}-byte body did not arrive within {self.server.read_timeout_s:g} s "
+                "of the request's start (--read-timeout-s)",
+            ) from None
 
     def _discard(self, length: int) -> None:
         while length > 0:
@@ -228,12 +306,36 @@ class _RetrieverHandler(BaseHTTPRequestHandler):
 
 
 class RetrieverServer(ThreadingHTTPServer):
-    """An HTTP server answering ``/retrieve`` and ``/health`` from one :class:`BM25Index`."""
+    """An HTTP server answering ``/retrieve`` and ``/health`` from one :class:`BM25Index`.
+
+    Args:
+        index: The passages to search.
+        host, port: Where to listen; port 0 picks a free one.
+        max_connections: Connections served at once; one more is answered 503.
+        read_timeout_s: Deadline for each whole request (and timeout for writing each answer).
+    """
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, index: BM25Index, host: str = "127.0.0.1", port: int = 8000):
+    def __init__(
+        self,
+        index: BM25Index,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    ):
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        if not read_timeout_s > 0:
+            raise ValueError(f"read_timeout_s must be positive, got {read_timeout_s}")
         self.index = index
+        self.max_connections = max_connections
+        self.read_timeout_s = read_timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lingering: deque[tuple[float, socket.socket]] = deque()
+        self._busy_answer = _busy_answer(max_connections)
         super().__init__((host, port), _RetrieverHandler)
 
     @property
@@ -241,10 +343,90 @@ class RetrieverServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Runs in the accept loop: a connection past the limit is answered here, without a thread.
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started to release it
+            raise
 
-def serve(index: BM25Index, host: str = "127.0.0.1", port: int = 8000) -> None:
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, connection: socket.socket) -> None:
+        logger.debug("connection limit %d reached; answering 503", self.max_connections)
+        try:
+            connection.setblocking(False)
+            connection.send(self._busy_answer)  # a few hundred bytes: a fresh socket takes them
+            connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            connection.close()
+            return
+        self._lingering.append((time.monotonic() + REFUSED_LINGER_S, connection))
+        while len(self._lingering) > MAX_LINGERING:
+            _close_refused(self._lingering.popleft()[1])
+
+    def service_actions(self) -> None:
+        # serve_forever calls this after every accepted connection and every poll_interval.
+        now = time.monotonic()
+        while self._lingering and self._lingering[0][0] <= now:
+            _close_refused(self._lingering.popleft()[1])
+
+    def server_close(self) -> None:
+        super().server_close()
+        while self._lingering:
+            _close_refused(self._lingering.popleft()[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that resets its connection or stops reading is routine under load, not a bug.
+        if isinstance(sys.exception(), (ConnectionError, TimeoutError)):
+            logger.debug("connection from %s dropped: %s", client_address, sys.exception())
+        else:
+            logger.exception("error while serving %s", client_address)
+
+
+def _busy_answer(max_connections: int) -> bytes:
+    body = json.dumps(
+        {
+            "error": f"the server is serving its limit of {max_connections} connections "
+            "(--max-connections); retry shortly"
+        }
+    ).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def _close_refused(connection: socket.socket) -> None:
+    # Drop what the client sent meanwhile, so the close is a FIN rather than a reset.
+    try:
+        connection.recv(1 << 16)
+    except OSError:
+        pass
+    connection.close()
+
+
+def serve(
+    index: BM25Index,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+) -> None:
     """Serve ``index`` until interrupted (Ctrl-C)."""
-    with RetrieverServer(index, host, port) as server:
+    with RetrieverServer(index, host, port, max_connections, read_timeout_s) as server:
         print(
             f"serving {len(index)} passages ({index.backend}) on {server.url}/retrieve", flush=True
         )
@@ -255,12 +437,18 @@ def serve(index: BM25Index, host: str = "127.0.0.1", port: int = 8000) -> None:
 
 
 @contextmanager
-def running_server(index: BM25Index, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def running_server(
+    index: BM25Index,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+) -> Iterator[str]:
     """Serve ``index`` from a background thread for the ``with`` block; yields the base URL.
 
     ``port=0`` picks a free port.
     """
-    server = RetrieverServer(index, host, port)
+    server = RetrieverServer(index, host, port, max_connections, read_timeout_s)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )
@@ -283,8 +471,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 for all)"
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"connections served at once; one more gets 503 (default: {DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        help="seconds a client has to send a whole request, and the idle keep-alive limit "
+        f"(default: {DEFAULT_READ_TIMEOUT_S:g})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    serve(BM25Index.load(args.index), args.host, args.port)
+    serve(
+        BM25Index.load(args.index), args.host, args.port, args.max_connections, args.read_timeout_s
+    )
     return 0
