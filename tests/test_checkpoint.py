@@ -4,6 +4,7 @@ with the same next batch and the same parameters as an uninterrupted one."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,56 @@ def test_round_trip_restores_everything(tmp_path, tokenizer, kind):
     assert fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
     first = next(iter(optimizer.state.values()))["exp_avg"]
     assert torch.equal(next(iter(fresh_optimizer.state.values()))["exp_avg"], first)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected_draws
+
+
+class _CreatesFile:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, as it could call anything."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng.pt"])
+def test_a_file_carrying_a_pickle_payload_is_refused_and_never_run(tmp_path, tokenizer, name):
+    model = tiny_random_model(tokenizer)
+    optimizer, scheduler = _train_a_little(model)
+    path = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, {})
+    marker = tmp_path / "the-payload-ran"
+    torch.save({"state": [_CreatesFile(marker)]}, path / name)
+
+    fresh = tiny_random_model(tokenizer)
+    before = _trainable(fresh)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.01)
+    fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 1.0)
+    refusal = rf"^{re.escape(str(path / name))}: refused to load \(it asks for io\.open\)"
+    with pytest.raises(RuntimeError, match=refusal):
+        load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
+    assert not marker.exists()
+    assert all(torch.equal(param, before[n]) for n, param in _trainable(fresh).items())
+    # The payload is live: a load that allows code (weights_only=False) runs it.
+    torch.load(path / name, weights_only=False)["state"][0].close()
+    assert marker.exists()
+
+
+def test_rng_state_from_before_plain_lists_still_loads(tmp_path, tokenizer):
+    # Older checkpoints stored numpy's state as an ndarray; it rebuilds without running code.
+    model = tiny_random_model(tokenizer)
+    optimizer, scheduler = _train_a_little(model)
+    path = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, {})
+    torch.save(
+        {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        },
+        path / "rng.pt",
+    )
+    expected_draws = (random.random(), np.random.rand(), torch.rand(1).item())
+    load_checkpoint(path, tiny_random_model(tokenizer), None, None)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected_draws
 
 

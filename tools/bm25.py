@@ -214,7 +214,7 @@ class _PassageStore:
     OFFSETS = "offsets.npy"
 
     def __init__(self, directory: Path):
-        self._offsets = np.load(directory / self.OFFSETS, mmap_mode="r")
+        self._offsets = np.load(directory / self.OFFSETS, mmap_mode="r", allow_pickle=False)
         with open(directory / self.JSONL, "rb") as file:
             self._data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 

@@ -13,15 +13,22 @@ A checkpoint is a folder ``<run>/checkpoints/step_000042/`` holding
 A rename within one file system is atomic, so a folder named ``step_*`` is always complete; a
 killed save leaves only a ``.tmp-*`` folder, which the next save removes. The last ``keep_last``
 checkpoints are kept.
+
+Loading runs no code from the folder, so a checkpoint someone shares is safe to resume or
+evaluate: weights are safetensors, the ``.pt`` files hold only tensors and plain Python values
+and load with ``torch.load(weights_only=True)`` (a file asking for anything else is refused with
+its name), and the rest is JSON and YAML read with ``safe_load``.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +43,24 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+# rng.pt files written before numpy's state was stored as a list hold it as an ndarray; these
+# rebuild a plain uint32 array and nothing else, so they are allowed when loading rng.pt.
+_NUMPY_ARRAY_GLOBALS = [
+    np.empty(0).__reduce__()[0],  # numpy's _reconstruct, in numpy.core or numpy._core by version
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The random states as tensors and plain Python values, which ``weights_only`` loads."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),  # (version, 625 ints, gauss_next): plain values already
+        "numpy": (kind, keys.tolist(), position, has_gauss, cached_gaussian),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -45,7 +68,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(
+        (kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian)
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -149,10 +175,33 @@ def load_checkpoint(
     belongs to another training phase).
     """
     path = Path(path)
+    # Every file is read before anything is restored: a refused file leaves the model untouched.
+    optimizer_state = load_tensors(path / "optimizer.pt") if optimizer is not None else None
+    scheduler_state = load_tensors(path / "scheduler.pt") if scheduler is not None else None
+    rng = load_tensors(path / "rng.pt", allowed=_NUMPY_ARRAY_GLOBALS)
     load_model_weights(path, model)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        optimizer.load_state_dict(optimizer_state)
     if scheduler is not None:
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        scheduler.load_state_dict(scheduler_state)
+    set_rng_state(rng)
     return read_state(path)
+
+
+def load_tensors(file: str | Path, allowed: Sequence[Any] = ()) -> Any:
+    """``torch.load(file, weights_only=True)``: tensors and plain Python values, no code run.
+
+    ``allowed`` names further classes or functions the file may use. A file that asks for
+    anything else raises RuntimeError naming the file and what it asked for.
+    """
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as error:
+        asked = re.search(r"GLOBAL (\S+)|but got (<[^>]*>)", str(error))
+        detail = f" (it asks for {asked.group(1) or asked.group(2)})" if asked else ""
+        raise RuntimeError(
+            f"{file}: refused to load{detail}: it holds more than tensors and plain Python values, "
+            "and loading it could run code from the file. agentenv writes only those; this file "
+            "was made elsewhere or altered. Do not load it unless you trust where it came from."
+        ) from None
