@@ -86,6 +86,10 @@ class LoggingConfig:
     tensorboard: bool = True
     progress: bool = True
     transcripts_per_step: int = 2
+    # Weights & Biases beside TensorBoard (`pip install agentenv[wandb]`): the same metric names,
+    # the run's config, files under <run>/wandb/; offline when no API key is set.
+    wandb: bool = False
+    wandb_project: str = "agentenv"
 
 
 @dataclass(frozen=True)

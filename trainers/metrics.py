@@ -2,28 +2,47 @@
 
 * ``metrics.jsonl`` — one JSON object per step (``{"step": 3, "reward/mean": ..., ...}``);
 * TensorBoard event files under ``tensorboard/`` when the ``tensorboard`` package is installed;
+* with ``logging.wandb: true``, a Weights & Biases run under ``wandb/`` with the same metric names
+  and the run's config; offline (nothing leaves the machine; ``wandb sync`` uploads it later) unless
+  an API key is set (``WANDB_API_KEY`` or a ``~/.netrc`` entry) or ``WANDB_MODE`` says otherwise;
 * ``transcripts/step_000003.jsonl`` — a few decoded episodes per step, each with its segments
   (prompt / policy / tool) and a ``text`` in which tool output is marked ``[TOOL]…[/TOOL]``.
 
 After a resume, ``metrics.jsonl`` keeps only the steps up to the checkpoint, so the curves of a
-killed and resumed run are those of an uninterrupted one.
+killed and resumed run are those of an uninterrupted one; the wandb run continues under the id kept
+in ``wandb/run_id``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import netrc
+import os
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 TOOL_OPEN, TOOL_CLOSE = "[TOOL]", "[/TOOL]"
 
 
 class MetricsLogger:
-    """Append per-step metrics to ``metrics.jsonl`` and TensorBoard."""
+    """Append per-step metrics to ``metrics.jsonl``, TensorBoard and (optionally) wandb.
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None):
+    ``wandb_project``: log to Weights & Biases in this project too (None: not at all), with
+    ``config`` as the run's config.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        wandb_project: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -41,21 +60,33 @@ class MetricsLogger:
                 SummaryWriter = None
             if SummaryWriter is not None:
                 self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
+        self._wandb = None
+        if wandb_project is not None:
+            self._wandb = start_wandb_run(self.run_dir, wandb_project, config or {}, resumed=resume_step is not None)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         record = {"step": step, **metrics}
         self._file.write(json.dumps(record, default=_json_default) + "\n")
         self._file.flush()
+        scalars = {key: value for key, value in metrics.items() if _is_scalar(value)}
         if self._writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                    self._writer.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                self._writer.add_scalar(key, value, step)
             self._writer.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _is_scalar(value: Any) -> bool:
+    """What the curves show: finite numbers (not the phase name, not the question ids)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _step_of(line: str) -> float:
@@ -69,6 +100,45 @@ def _json_default(value: Any):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+# --- Weights & Biases ------------------------------------------------------------------------------
+
+
+def wandb_mode() -> str | None:
+    """``"offline"`` when no API key is set (no ``WANDB_API_KEY``, no ``~/.netrc`` entry for the
+    wandb host) and ``WANDB_MODE`` chooses nothing, so no request ever tries the network; None
+    lets wandb decide (online, with the key)."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return None
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        if netrc.netrc().authenticators(host):
+            return None
+    except (OSError, netrc.NetrcParseError):  # no ~/.netrc, or one wandb could not read either
+        pass
+    return "offline"
+
+
+def start_wandb_run(run_dir: Path, project: str, config: Mapping[str, Any], resumed: bool):
+    """A wandb run writing under ``run_dir/wandb/``; a resumed training run continues the wandb
+    run whose id ``run_dir/wandb/run_id`` keeps (wandb drops steps it already has)."""
+    import wandb  # optional extra: train() checked it is installed before loading the model
+
+    id_file = run_dir / "wandb" / "run_id"
+    if resumed and id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = uuid.uuid4().hex[:8]  # wandb ids: lowercase letters and digits
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+    return wandb.init(
+        project=project, name=run_dir.name, id=run_id, resume="allow", dir=str(run_dir),
+        config=dict(config), mode=wandb_mode(),
+    )
+
+
+# --- transcripts ------------------------------------------------------------------------------------
 
 
 def transcript(episode: Any, tokenizer: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import random
 import sys
 import time
@@ -269,6 +270,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
+    if config.logging.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logging.wandb: true needs the wandb package, which is not installed: pip install 'agentenv[wandb]'")
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         print(f"agentenv train: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
@@ -316,7 +319,10 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     grpo_config = replace(config.grpo, max_response_tokens=max_response_tokens)
     held_out = HeldOutCurve(config, tokenizer) if config.eval.every and engine is not None else None
 
-    logger = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard, resume_step=step if checkpoint else None)
+    logger = MetricsLogger(
+        run_dir, tensorboard=config.logging.tensorboard, resume_step=step if checkpoint else None,
+        wandb_project=config.logging.wandb_project if config.logging.wandb else None, config=to_dict(config),
+    )
     progress = tqdm(total=total_steps, initial=step, disable=not config.logging.progress, desc="train", unit="step")
     metrics: dict[str, Any] = {}
     try:
