@@ -22,8 +22,10 @@ and the loss aggregates ℓ over the policy tokens (``loss_agg``), with N sequen
     seq-mean-token-sum-norm  (1/N) Σ_i [ Σ_t m ℓ / L_max ]               Dr. GRPO (§3.1; L_max is
                                                                          the max response length)
 
-β = 0 skips the reference forward pass entirely. The reference is the policy with its LoRA adapter
-disabled (no second copy) or, for full fine-tuning, a frozen copy.
+β = 0 skips the reference forward pass entirely. The reference is, for full fine-tuning, a frozen
+copy of the policy GRPO starts from (after any SFT warm start, as InstructGPT's reference is its SFT
+model); with LoRA it is the policy with its adapter disabled (no second copy), i.e. the base model
+before any LoRA warm start.
 
 One update (``grpo_update``): compute advantages; optionally drop groups whose rewards are all
 equal (their advantages are zero; DAPO's dynamic sampling, §3.2); compute logπ_old and logπ_ref

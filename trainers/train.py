@@ -155,6 +155,39 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return checkpoint
 
 
+def save_reference(run_dir: Path, model: torch.nn.Module, reference: torch.nn.Module) -> None:
+    """The KL reference is the policy GRPO starts from (the SFT warm start, as in InstructGPT), not
+    the weights before SFT: copy the model into the frozen reference, and keep it in the run folder
+    (``reference.safetensors``) so a resumed run has the same one."""
+    from safetensors.torch import save_file
+
+    reference.load_state_dict(model.state_dict())
+    state = {name: tensor.detach().contiguous() for name, tensor in reference.state_dict().items()}
+    staging = run_dir / ".reference.safetensors.tmp"
+    save_file(_untied(state), staging)
+    staging.rename(run_dir / "reference.safetensors")
+
+
+def load_reference(run_dir: Path, reference: torch.nn.Module) -> None:
+    from safetensors.torch import load_file
+
+    path = run_dir / "reference.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: this run's KL reference (the policy after SFT) cannot be restored")
+    reference.load_state_dict(load_file(path), strict=False)
+
+
+def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (a tied LM head): keep one of each."""
+    seen: set[int] = set()
+    kept = {}
+    for name, tensor in state.items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            kept[name] = tensor
+    return kept
+
+
 def make_envs(config: TrainConfig, tokenizer: Any, count: int, questions: str | None = None) -> list[Any]:
     """``count`` environments from ``env.id``, sharing one tokenizer, question list and search index;
     ``questions`` replaces ``env.kwargs.questions`` (the held-out curve's dev questions)."""
@@ -310,6 +343,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         load_checkpoint(checkpoint, model, optimizer if same_phase else None, scheduler if same_phase else None)
         step, order.cursor = state["step"], state["cursor"]
         print(f"agentenv train: resumed from {checkpoint} (step {step})", file=sys.stderr)
+        if policy.reference_model is not None and sft_steps and step >= sft_steps:
+            load_reference(run_dir, policy.reference_model)
 
     engine = None
     if (grpo_steps or config.eval.every) and step < total_steps:
@@ -333,6 +368,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             if phase_of(step) != phase:  # SFT is over: GRPO starts with a fresh optimizer
                 phase = phase_of(step)
                 optimizer, scheduler = build_optimizer(model, config, phase, grpo_steps)
+                if policy.reference_model is not None:
+                    save_reference(run_dir, model, policy.reference_model)
             started = time.perf_counter()
             if phase == "sft":
                 indices = order.take(config.sft.questions_per_step)
