@@ -11,6 +11,52 @@ from agentenv.trajectory import Segment, Trajectory
 
 register_envs()
 
+
+def train(config=None, overrides=(), out=None, resume=False):
+    """Train as ``agentenv train`` does and return the last step's metrics.
+
+    ``config`` is a YAML path, a ``TrainConfig`` (``agentenv.trainers.config.load_config``) or None
+    for the defaults; ``overrides`` are ``--set`` strings (``["grpo.group_size=8"]``); ``out`` is the
+    run folder (default ``runs/<config name>``); ``resume`` continues from its newest checkpoint::
+
+        import agentenv
+        agentenv.train("configs/cpu-smollm2.yaml", ["max_steps=2"], out="runs/notebook")
+    """
+    from pathlib import Path
+
+    from agentenv.trainers.config import TrainConfig, load_config
+    from agentenv.trainers.train import train as train_run
+
+    if isinstance(config, TrainConfig):
+        if overrides:
+            raise TypeError("overrides go with a YAML path or None, not with a TrainConfig: build it with load_config")
+        name = "default"
+    else:
+        name = Path(config).stem if config else "default"
+        config = load_config(config, overrides)
+    return train_run(config, Path(out or Path("runs") / name), resume=resume)
+
+
+def evaluate(model="embedded", questions="geo:test", modes=("closed-book", "rag", "agent"), out=None, **options):
+    """Evaluate as ``agentenv eval`` does and return its summary (``summary["modes"][mode]["exact_match"]``).
+
+    Every ``agentenv eval`` option is a keyword, with ``_`` for ``-`` (``limit=100``,
+    ``engine="vllm"``, ``max_turn_tokens=64``, ``index="runs/my-index"``)::
+
+        summary = agentenv.evaluate("runs/notebook", "geo:dev", modes=["agent"], limit=50)
+    """
+    from agentenv.trainers.evaluate import evaluate_run, parse_args
+
+    argv = ["--model", str(model), "--questions", str(questions), "--mode", *modes]
+    if out is not None:
+        argv += ["--out", str(out)]
+    args = parse_args(argv)
+    for key, value in options.items():
+        if not hasattr(args, key) or key in ("compare", "mode", "model", "questions", "out"):
+            raise TypeError(f"evaluate() got an unknown option {key!r}")
+        setattr(args, key, value)
+    return evaluate_run(args)
+
 __all__ = [
     "EpisodeOutcome",
     "JsonParser",
@@ -20,6 +66,8 @@ __all__ = [
     "TagParser",
     "ToolEnv",
     "Trajectory",
+    "evaluate",
     "register_envs",
     "step_batch",
+    "train",
 ]
