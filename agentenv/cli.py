@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("agentenv.trainers.experiment", "train and evaluate every row of a comparison, one table"),
     "probe": ("agentenv.trainers.probe", "share of GRPO groups with all-equal rewards, by G and temperature"),
     "plot": ("agentenv.trainers.plot", "turn a training log into PNG curves"),
+    "view": ("agentenv.trainers.viewer", "the episodes of a run or an eval as one HTML page, coloured by source"),
 }
 
 

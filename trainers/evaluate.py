@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agentenv.trainers.metrics import decode_segments
 from agentenv.trainers.policy import PolicyNotFound
 
 MODES = ("closed-book", "rag", "agent")
@@ -191,6 +192,9 @@ def episode_record(mode: str, episode: Any, sample: int, tokenizer: Any) -> dict
         "finish_reason": episode.finish_reason,
         "policy_tokens": trajectory.count("policy"),
         "transcript": tokenizer.decode(trajectory.token_ids[trajectory.prompt_length :]),
+        # What `agentenv view` shows: every component, and the segments in the training layout.
+        "reward_components": components,
+        "segments": decode_segments(trajectory, tokenizer),
     }
 
 

@@ -141,12 +141,18 @@ def start_wandb_run(run_dir: Path, project: str, config: Mapping[str, Any], resu
 # --- transcripts ------------------------------------------------------------------------------------
 
 
+def decode_segments(trajectory: Any, tokenizer: Any) -> list[dict[str, str]]:
+    """A trajectory's segments decoded one by one, ``[{"source": "prompt", "text": ...}, ...]``:
+    the layout of training transcripts and evaluation records alike (``agentenv view`` colours it)."""
+    return [
+        {"source": segment.source, "text": tokenizer.decode(list(segment.token_ids), skip_special_tokens=False)}
+        for segment in trajectory.segments
+    ]
+
+
 def transcript(episode: Any, tokenizer: Any) -> dict[str, Any]:
     """One episode, decoded: its segments, and a single text with tool output marked."""
-    segments = [
-        {"source": segment.source, "text": tokenizer.decode(list(segment.token_ids), skip_special_tokens=False)}
-        for segment in episode.trajectory.segments
-    ]
+    segments = decode_segments(episode.trajectory, tokenizer)
     text = "".join(
         f"{TOOL_OPEN}{s['text']}{TOOL_CLOSE}" if s["source"] == "tool" else s["text"] for s in segments
     )
@@ -161,6 +167,7 @@ def transcript(episode: Any, tokenizer: Any) -> dict[str, Any]:
         "finish_reason": episode.finish_reason,
         "num_turns": episode.num_turns,
         "tool_calls": episode.tool_calls,
+        "answer": episode.answer,
         "text": text,
         "segments": segments,
     }
