@@ -89,6 +89,21 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file this package wrote; a line cut by a kill is skipped, with a note."""
+    import sys
+
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"{path}:{number}: skipping a line that is not JSON (a run killed mid-write?)", file=sys.stderr)
+    return records
+
+
 def _step_of(line: str) -> float:
     try:
         return json.loads(line)["step"]

@@ -9,7 +9,6 @@ average thick.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -38,14 +37,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics.jsonl (is this a training run folder?)")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"{path}:{number}: skipping a line that is not JSON (a run killed mid-write?)", file=sys.stderr)
+    from agentenv.trainers.metrics import read_jsonl
+
+    records = read_jsonl(path)
     if not records:
         raise ValueError(f"{path}: no metrics yet")
     return records

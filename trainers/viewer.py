@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentenv.trainers.metrics import read_jsonl
+
 DEFAULT_LAST_STEPS = 50  # a run with more steps shows its last 50 unless --steps picks others
 DEFAULT_EPISODES = 20  # per eval mode: an eval of 400 questions would be a page of megabytes
 SOURCES = ("prompt", "policy", "tool")
@@ -120,18 +122,6 @@ def eval_source(folder: Path, episodes: int) -> Source:
         about = json.loads(summary.read_text())
         note = f"model {about.get('model')}, questions {about.get('questions')}"
     return Source("evaluation", folder, sections, note)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"{path}:{number}: skipping a line that is not JSON (a run killed mid-write?)", file=sys.stderr)
-    return records
 
 
 # --- what an episode holds ----------------------------------------------------------------------
