@@ -362,6 +362,9 @@ def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
         for name, r in rows.items():
             if "reference_minus_row" in r:
                 lines.append(f"- {verdict(reference, name, r['reference_minus_row'])}")
+        pending = [row.name for row in experiment.rows if row.name not in rows]
+        if pending:
+            lines.append(f"- not evaluated yet (training or evaluation unfinished): {', '.join(pending)}")
         lines.append("")
     versions = sorted({str(v) for v in results.get("code", {}).values()})
     if len(versions) > 1:
