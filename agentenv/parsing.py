@@ -4,7 +4,11 @@ Two parsers share one contract (``parse``, ``stop_strings``, ``format_results``,
 
 * ``TagParser`` — ReSearch / Search-R1 tags. Every tool has a tag named after it
   (``<search>query</search>``, ``<calculator>2+2</calculator>``); tool output comes back inline,
-  wrapped in ``<result>`` (ReSearch) or ``<information>`` (Search-R1).
+  wrapped in ``<result>`` (ReSearch) or ``<information>`` (Search-R1). A tool with one string
+  argument takes the tag's text; one argument of another type, the text converted to it
+  (``<km>3.5</km>``); several arguments, a JSON object of them inside the tag
+  (``<convert>{"value": 3, "from_unit": "km", "to_unit": "mi"}</convert>``), each value converted
+  to its schema type (``tag_form``).
 * ``JsonParser`` — chat-template tool calls,
   ``<tool_call>{"name": "search", "arguments": {"query": "..."}}</tool_call>``; tool output comes
   back as a tool turn of the chat template (the environment renders it).
@@ -13,7 +17,8 @@ Both end an episode with ``<answer>...</answer>`` (a ``\\boxed{...}`` inside is 
 ReSearch). Defined behaviour for malformed turns, identical in both parsers:
 
 * an unclosed call tag → a call with ``error`` set (the policy sees the error; no tool runs);
-* a call naming an unknown tool, or arguments that are not a JSON object → a call with ``error``;
+* a call naming an unknown tool, arguments that are not a JSON object, or a value that does not
+  fit its type → a call with ``error``;
 * several calls in one turn → all are returned in order (the environment caps how many run);
 * an answer → the turn's answer; calls in the same turn are dropped and flagged, text after
   ``</answer>`` is ignored and flagged. Flags land in ``ParsedTurn.format_errors``;
@@ -23,6 +28,7 @@ ReSearch). Defined behaviour for malformed turns, identical in both parsers:
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -96,6 +102,121 @@ def _answer_turn(answer: str | None, errors: list[str], calls: list[ToolCall]):
     return ParsedTurn(tool_calls=calls, answer=answer, format_errors=errors)
 
 
+def tag_form(tool: Tool) -> str:
+    """How a tag call ``<name>…</name>`` carries ``tool``'s arguments, from its typed signature:
+
+    * ``"text"`` — one string (or untyped) argument: the tag's text is its value, as ReSearch writes
+      ``<search>query</search>`` and ``<calculator>2+2</calculator>``;
+    * ``"value"`` — one argument of another type: the text converted to it (``<km>3.5</km>``);
+    * ``"json"`` — several arguments: a JSON object of them, each value converted to its schema
+      type (``<convert>{"value": 3, "from_unit": "km", "to_unit": "mi"}</convert>``);
+    * ``"none"`` — no arguments: the text is ignored.
+    """
+    properties = tool.parameters.get("properties", {})
+    if not properties:
+        return "none"
+    if len(properties) > 1:
+        return "json"
+    [schema] = properties.values()
+    types = _schema_types(schema)
+    return "text" if not types or "string" in types else "value"
+
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "array": "a JSON array",
+    "object": "a JSON object",
+    "null": "null",
+}
+_NO_FIT = object()
+
+
+def to_schema_type(value: Any, schema: dict[str, Any], name: str) -> Any:
+    """``value`` (the text of a tag, or a value from its JSON) as the type its JSON schema names:
+    ``"3.5"`` → 3.5 for a number, ``"3"`` → 3 for an integer, ``"true"`` → True, ``7`` → ``"7"`` for
+    a string; ValueError naming the argument when it does not fit."""
+    types = _schema_types(schema)
+    if not types:
+        return value
+    for kind in types:
+        converted = _converted(value, kind)
+        if converted is not _NO_FIT:
+            return converted
+    expected = " or ".join(_TYPE_NAMES.get(kind, kind) for kind in types)
+    raise ValueError(f"argument {name!r} must be {expected}, got {value!r}")
+
+
+def _schema_types(schema: dict[str, Any]) -> list[str]:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return [kind]
+    if isinstance(kind, list):
+        return [k for k in kind if isinstance(k, str)]
+    return [k for option in schema.get("anyOf", []) for k in _schema_types(option)]
+
+
+def _converted(value: Any, kind: str) -> Any:
+    """``value`` as JSON-schema type ``kind``, or ``_NO_FIT``."""
+    text = value.strip() if isinstance(value, str) else None
+    if isinstance(value, bool):  # a bool is an int in Python, never a number in JSON
+        return value if kind == "boolean" else _NO_FIT
+    if kind == "string":
+        return value if text is not None else str(value) if isinstance(value, int | float) else _NO_FIT
+    if kind == "number":
+        number = value if text is None else _number(text)
+        return float(number) if isinstance(number, int | float) and math.isfinite(number) else _NO_FIT
+    if kind == "integer":
+        number = value if text is None else _number(text)
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
+        return number if isinstance(number, int) else _NO_FIT
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(text.lower(), _NO_FIT) if text is not None else _NO_FIT
+    if kind in ("array", "object"):
+        if text is not None:
+            try:
+                value = json.loads(text)
+            except (json.JSONDecodeError, RecursionError):
+                return _NO_FIT
+        return value if isinstance(value, list if kind == "array" else dict) else _NO_FIT
+    if kind == "null":
+        return None if value is None or text == "null" else _NO_FIT
+    return value
+
+
+def _number(text: str) -> int | float | None:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
+
+
+def _tag_example(tool: Tool) -> str:
+    """A call as the system prompt shows it: ``<search>query</search>``, ``<km>km (a number)</km>``,
+    ``<convert>{"value": <number>, "from_unit": <string>, "to_unit": <string>}</convert>``."""
+    form = tag_form(tool)
+    properties = tool.parameters.get("properties", {})
+    if form == "json":
+        required = set(tool.parameters.get("required", []))
+
+        def placeholder(name: str, schema: dict[str, Any]) -> str:
+            kinds = " or ".join(_schema_types(schema)) or "value"
+            return f"<{kinds}>" if name in required else f"<{kinds}, optional>"
+
+        body = "{" + ", ".join(f"{json.dumps(name)}: {placeholder(name, schema)}" for name, schema in properties.items()) + "}"
+    elif form == "value":
+        [(name, schema)] = properties.items()
+        body = f"{name} ({' or '.join(_TYPE_NAMES.get(k, k) for k in _schema_types(schema))})"
+    else:
+        body = tool.main_argument or "input"
+    return f"<{tool.name}>{body}</{tool.name}>"
+
+
 @dataclass
 class TagParser:
     """ReSearch / Search-R1 tags; ``result_tag="information"`` gives Search-R1's wrapping."""
@@ -120,10 +241,32 @@ class TagParser:
 
     @staticmethod
     def _call(tool: Tool, content: str) -> ToolCall:
-        argument = tool.main_argument
-        if argument is None:
+        form = tag_form(tool)
+        if form == "none":
             return ToolCall(tool.name, {})
-        return ToolCall(tool.name, {argument: content})
+        properties = tool.parameters.get("properties", {})
+        if form == "text":
+            return ToolCall(tool.name, {tool.main_argument: content})
+        if form == "value":
+            [(argument, schema)] = properties.items()
+            try:
+                return ToolCall(tool.name, {argument: to_schema_type(content, schema, argument)})
+            except ValueError as error:
+                return ToolCall(tool.name, None, f"<{tool.name}>: {error}")
+        try:
+            arguments = json.loads(content)
+        except (json.JSONDecodeError, RecursionError):
+            arguments = None
+        if not isinstance(arguments, dict):
+            return ToolCall(tool.name, None, f"<{tool.name}> takes a JSON object of its arguments, e.g. {_tag_example(tool)}")
+        try:
+            converted = {
+                key: to_schema_type(value, properties[key], key) if key in properties else value
+                for key, value in arguments.items()
+            }
+        except ValueError as error:
+            return ToolCall(tool.name, None, f"<{tool.name}>: {error}")
+        return ToolCall(tool.name, converted)
 
     def stop_strings(self, tools: dict[str, Tool]) -> list[str]:
         return [f"</{name}>" for name in tools] + [f"</{ANSWER_TAG}>"]
@@ -138,8 +281,7 @@ class TagParser:
             f"comes back between <{self.result_tag}> and </{self.result_tag}>.",
         ]
         for tool in tools.values():
-            arg = tool.main_argument or "input"
-            lines.append(f"- <{tool.name}>{arg}</{tool.name}>: {tool.description}")
+            lines.append(f"- {_tag_example(tool)}: {tool.description}")
         lines.append(
             "Call one tool at a time and wait for its result. When you know the answer, "
             "write it as <answer>your answer</answer>."
