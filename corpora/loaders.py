@@ -1,6 +1,8 @@
 """Read corpora and question sets in the formats the field uses, into one internal format.
 
-Passages become ``{"id", "title", "text"}`` dicts; questions become `Question` records. The format
+Passages become ``{"id", "title", "text"}`` dicts (``title`` is optional: "" when absent); questions
+become `Question` records (``id`` is optional: derived from the file name and the record's position
+when absent). The format
 of a file is recognised from its content (gzip and Parquet by their magic bytes, the JSON flavour
 by the keys of the first record), never from its name.
 
@@ -25,13 +27,14 @@ from typing import Any
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
 
-# Passage formats: ours, and wiki-18 as Search-R1 and FlashRAG ship it, where `contents` is the
-# title in double quotes, a newline, then the text.
-OUR_PASSAGE_KEYS = {"id", "title", "text"}
+# Passage formats: ours (`title` optional), and wiki-18 as Search-R1 and FlashRAG ship it, where
+# `contents` is the title in double quotes, a newline, then the text.
+OUR_PASSAGE_KEYS = {"id", "text"}
 WIKI18_PASSAGE_KEYS = {"id", "contents"}
 
-# Question formats: ours, and Search-R1 / FlashRAG (`golden_answers`, optional `id` and `metadata`).
-OUR_QUESTION_KEYS = {"id", "question", "answers"}
+# Question formats: ours (`id` optional), and Search-R1 / FlashRAG (`golden_answers`, optional `id`
+# and `metadata`).
+OUR_QUESTION_KEYS = {"question", "answers"}
 FLASHRAG_QUESTION_KEYS = {"question", "golden_answers"}
 
 
@@ -67,8 +70,9 @@ class Question:
 def load_corpus(path: str | Path) -> Iterator[dict]:
     """Stream the passages of a JSONL corpus (plain or gzipped) as ``{"id", "title", "text"}``.
 
-    Accepts our ``{"id", "title", "text"}`` lines and wiki-18 lines ``{"id", "contents"}`` whose
-    contents are ``"Title"\\ntext``. Reads one line at a time, so wiki-scale files fit.
+    Accepts our ``{"id", "title", "text"}`` lines (``title`` may be left out) and wiki-18 lines
+    ``{"id", "contents"}`` whose contents are ``"Title"\\ntext``. Reads one line at a time, so
+    wiki-scale files fit.
     """
     passage_format = None
     for location, record in _jsonl_records(path):
@@ -81,7 +85,7 @@ def load_corpus(path: str | Path) -> Iterator[dict]:
             )
         if passage_format == "ours":
             _require_keys(path, location, record, OUR_PASSAGE_KEYS)
-            yield {"id": str(record["id"]), "title": record["title"], "text": record["text"]}
+            yield {"id": str(record["id"]), "title": record.get("title") or "", "text": record["text"]}
         else:
             _require_keys(path, location, record, WIKI18_PASSAGE_KEYS)
             title, text = split_wiki18_contents(record["contents"])
@@ -106,7 +110,8 @@ def load_questions(path: str | Path) -> list[Question]:
     """Read a question set: our JSONL, Search-R1 / FlashRAG JSONL, or Parquet with either's
     columns; plain or gzipped JSONL.
 
-    FlashRAG records without an `id` get ``<file stem>-<index>``.
+    A record without an ``id`` (in either format) gets ``<file stem>-<index>``, its position in the
+    file counting from 0: the same id on every load of the same file.
     """
     path = Path(path)
     with path.open("rb") as file:
@@ -126,17 +131,17 @@ def load_questions(path: str | Path) -> list[Question]:
                 {"ours": OUR_QUESTION_KEYS, "Search-R1/FlashRAG": FLASHRAG_QUESTION_KEYS},
             )
         if question_format == "ours":
-            questions.append(_our_question(path, location, record))
+            questions.append(_our_question(path, location, record, len(questions)))
         else:
             questions.append(_flashrag_question(path, location, record, len(questions)))
     return questions
 
 
-def _our_question(path: Path, location: str, record: dict) -> Question:
+def _our_question(path: Path, location: str, record: dict, index: int) -> Question:
     _require_keys(path, location, record, OUR_QUESTION_KEYS)
-    known = OUR_QUESTION_KEYS | {"kind", "entities"}
+    known = OUR_QUESTION_KEYS | {"id", "kind", "entities"}
     return Question(
-        id=str(record["id"]),
+        id=_question_id(path, record, index),
         question=record["question"],
         answers=_answers(path, location, record["answers"]),
         kind=record.get("kind"),
@@ -148,13 +153,16 @@ def _our_question(path: Path, location: str, record: dict) -> Question:
 def _flashrag_question(path: Path, location: str, record: dict, index: int) -> Question:
     _require_keys(path, location, record, FLASHRAG_QUESTION_KEYS)
     known = FLASHRAG_QUESTION_KEYS | {"id"}
-    question_id = record.get("id")
     return Question(
-        id=str(question_id) if question_id is not None else f"{path.stem}-{index}",
+        id=_question_id(path, record, index),
         question=record["question"],
         answers=_answers(path, location, record["golden_answers"]),
         extra={key: value for key, value in record.items() if key not in known},
     )
+
+
+def _question_id(path: Path, record: dict, index: int) -> str:
+    return str(record["id"]) if record.get("id") is not None else f"{path.stem}-{index}"
 
 
 def _answers(path: Path, location: str, answers: Any) -> tuple[str, ...]:

@@ -72,8 +72,8 @@ def test_wrong_type_names_the_key():
 
 
 def test_out_of_range_values_name_the_key():
-    with pytest.raises(ConfigError, match=r"grpo\.group_size must be at least 1, got 0"):
-        load_config(None, ["grpo.group_size=0"])
+    with pytest.raises(ConfigError, match=r"grpo\.questions_per_step must be at least 1, got 0"):
+        load_config(None, ["grpo.questions_per_step=0"])
     with pytest.raises(ConfigError, match=r"checkpoint\.every"):
         load_config(None, ["checkpoint.every=0"])
 

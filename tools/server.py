@@ -38,6 +38,7 @@ From Python (tests, benchmarks)::
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import logging
@@ -487,7 +488,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    serve(
-        BM25Index.load(args.index), args.host, args.port, args.max_connections, args.read_timeout_s
-    )
+    problem = None
+    if not 0 <= args.port <= 65535:
+        problem = f"--port {args.port}: a TCP port is 0 to 65535"
+    else:
+        try:
+            index = BM25Index.load(args.index)
+        except (OSError, ValueError) as error:
+            problem = f"--index: {error}"
+    if problem is None:
+        try:
+            serve(index, args.host, args.port, args.max_connections, args.read_timeout_s)
+        except ValueError as error:  # --max-connections, --read-timeout-s
+            problem = str(error)
+        except OSError as error:  # binding the socket: the port is taken, the host is not ours
+            problem = _listen_problem(args.host, args.port, error)
+    if problem is not None:
+        print(f"agentenv serve-retriever: error: {problem}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _listen_problem(host: str, port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"{host}:{port} is already in use (another server listens there); choose another --port"
+    if error.errno == errno.EACCES:
+        return f"{host}:{port}: not allowed to listen there (ports below 1024 need root); choose another --port"
+    if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+        return f"--host {host}: not an address of this machine ({error.strerror or error})"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"

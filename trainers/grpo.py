@@ -75,7 +75,13 @@ class GRPOConfig:
     def validate(self) -> None:
         if self.loss_agg not in LOSS_AGGREGATIONS:
             raise ValueError(f"grpo.loss_agg must be one of {list(LOSS_AGGREGATIONS)}, got {self.loss_agg!r}")
-        for name in ("questions_per_step", "group_size", "epochs", "micro_batch_size"):
+        if self.group_size < 2:
+            raise ValueError(
+                f"grpo.group_size must be at least 2, got {self.group_size}: an advantage is a reward minus "
+                "the mean reward of its group, so with one trajectory per question every advantage is 0 "
+                "and no step can learn"
+            )
+        for name in ("questions_per_step", "epochs", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"grpo.{name} must be at least 1, got {getattr(self, name)!r}")
         if self.minibatch_size is not None and self.minibatch_size < 1:

@@ -68,6 +68,8 @@ def series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[f
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, window: int = 5) -> Path:
     """Draw the panels that the run's metrics support; return the PNG's path."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1 step, got {window}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.window < 1:
+        print(f"agentenv plot: error: --window must be at least 1, got {args.window}", file=sys.stderr)
+        return 2
     try:
         path = plot_run(args.run_dir, args.out, args.window)
     except (FileNotFoundError, ValueError) as error:
