@@ -12,15 +12,18 @@ from agentenv.trajectory import Segment, Trajectory
 register_envs()
 
 
-def train(config=None, overrides=(), out=None, resume=False):
+def train(config=None, overrides=(), out=None, resume=False, allow_config_change=False):
     """Train as ``agentenv train`` does and return the last step's metrics.
 
     ``config`` is a YAML path, a ``TrainConfig`` (``agentenv.trainers.config.load_config``) or None
     for the defaults; ``overrides`` are ``--set`` strings (``["grpo.group_size=8"]``); ``out`` is the
-    run folder (default ``runs/<config name>``); ``resume`` continues from its newest checkpoint::
+    run folder (default ``runs/<config name>``); ``resume`` continues from its newest checkpoint,
+    with ``config=None`` under the run's own ``config.yaml`` (a change that alters what training
+    computes needs ``allow_config_change``)::
 
         import agentenv
         agentenv.train("configs/cpu-smollm2.yaml", ["max_steps=2"], out="runs/notebook")
+        agentenv.train(out="runs/notebook", resume=True)      # after Ctrl-C, as it was
     """
     from pathlib import Path
 
@@ -33,8 +36,9 @@ def train(config=None, overrides=(), out=None, resume=False):
         name = "default"
     else:
         name = Path(config).stem if config else "default"
-        config = load_config(config, overrides)
-    return train_run(config, Path(out or Path("runs") / name), resume=resume)
+        saved = Path(out or Path("runs") / name) / "config.yaml"
+        config = load_config(saved if resume and config is None and saved.is_file() else config, overrides)
+    return train_run(config, Path(out or Path("runs") / name), resume=resume, allow_config_change=allow_config_change)
 
 
 def evaluate(model="embedded", questions="geo:test", modes=("closed-book", "rag", "agent"), out=None, **options):

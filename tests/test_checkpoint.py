@@ -1,10 +1,12 @@
 """Checkpoints: a round trip restores weights, optimizer, scheduler and RNG; a killed run resumes
-with the same next batch and the same parameters as an uninterrupted one."""
+with the same next batch and the same parameters as an uninterrupted one; Ctrl-C checkpoints the
+step in progress and prints the command that resumes the run."""
 
 import json
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from agentenv.trainers.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    read_state,
     save_checkpoint,
 )
 
@@ -210,3 +213,36 @@ def test_killed_run_resumes_with_the_same_batch_and_parameters(tmp_path):
     assert resumed_weights.keys() == reference_weights.keys()
     for name, tensor in reference_weights.items():
         assert torch.equal(resumed_weights[name], tensor), name
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_the_step_in_progress_and_prints_the_command_that_resumes(tmp_path):
+    run, total = tmp_path / "run", 6
+    # checkpoint.every beyond max_steps: the only checkpoint before the end is the one Ctrl-C asks for.
+    command = [sys.executable, "-m", "agentenv.cli", "train", "--config", str(REPO / "configs" / "tiny-test.yaml"),
+               "--out", str(run), "--set", f"max_steps={total}", "--set", "checkpoint.every=100"]
+    process = subprocess.Popen(command, env=_environment(), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip():
+            break  # the loop runs: step 1 is logged
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    [checkpoint] = list_checkpoints(run)
+    stopped_at = read_state(checkpoint)["step"]
+    assert 1 <= stopped_at < total, "the run finished before Ctrl-C reached it"
+    assert sorted(_metrics(run)) == list(range(1, stopped_at + 1))  # the step in progress was finished
+    assert f"stopped after step {stopped_at} of {total}; checkpoint {checkpoint}" in stderr
+    resume = re.search(r"^resume with: (.+)$", stderr, re.MULTILINE).group(1)
+    assert resume == f"agentenv train --out {shlex.quote(str(run))} --resume"
+
+    program, *arguments = shlex.split(resume)  # the printed command, as printed
+    assert program == "agentenv"
+    _run([sys.executable, "-m", "agentenv.cli", *arguments])  # agentenv is `python -m agentenv.cli`
+    assert sorted(_metrics(run)) == list(range(1, total + 1))  # no step lost, none twice
+    assert read_state(latest_checkpoint(run))["step"] == total

@@ -3,7 +3,8 @@
 A checkpoint is a folder ``<run>/checkpoints/step_000042/`` holding
 
     model/          the LoRA adapter (``adapter_model.safetensors``) or the full model, as
-                    ``save_pretrained`` writes it, so it loads with peft / transformers as is
+                    ``save_pretrained`` writes it, with the tokenizer and the generation config,
+                    so it loads with peft / transformers (and ``agentenv eval --model``) by itself
     optimizer.pt    optimizer state
     scheduler.pt    learning-rate scheduler state
     rng.pt          python, numpy and torch (CPU and CUDA) random states
@@ -90,14 +91,21 @@ def save_checkpoint(
     state: dict[str, Any],
     config: dict[str, Any],
     keep_last: int = 2,
+    tokenizer: Any = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and drop all but the newest ``keep_last``."""
+    """Write checkpoint ``step`` atomically and drop all but the newest ``keep_last``; ``tokenizer``
+    is saved beside the weights."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:06d}-", dir=root))
     model.save_pretrained(staging / "model")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging / "model")
+    generation_config = getattr(model, "generation_config", None)  # a LoRA model's is its base's
+    if generation_config is not None and not (staging / "model" / "generation_config.json").exists():
+        generation_config.save_pretrained(staging / "model")
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(scheduler.state_dict() if scheduler is not None else {}, staging / "scheduler.pt")
     torch.save(rng_state(), staging / "rng.pt")

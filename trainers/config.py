@@ -154,6 +154,46 @@ MINIMUM: dict[str, float] = {
 }
 
 
+# What a resumed run may change (``--resume``): how it is logged and checkpointed, and how far it
+# goes. Any other key changes what the next step computes.
+MAY_CHANGE_ON_RESUME = ("logging.", "checkpoint.", "max_steps")
+
+
+def training_changes(old: TrainConfig, new: TrainConfig) -> list[str]:
+    """``"key: old -> new"`` for each key, sorted, whose change alters what training computes: every
+    key but ``logging.*``, ``checkpoint.*`` and ``max_steps`` (and ``max_steps`` too when GRPO runs a
+    cosine schedule, whose length it is)."""
+    before, after = _flat(to_dict(old)), _flat(to_dict(new))
+    changes = []
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key, _UNSET) == after.get(key, _UNSET):
+            continue
+        change = f"{key}: {_shown(before.get(key, _UNSET))} -> {_shown(after.get(key, _UNSET))}"
+        if key == "max_steps" and new.mode == "grpo" and new.optim.schedule == "cosine":
+            changes.append(f"{change} (the cosine schedule's length)")
+        elif not key.startswith(MAY_CHANGE_ON_RESUME):
+            changes.append(change)
+    return changes
+
+
+_UNSET = object()
+
+
+def _shown(value: Any) -> str:
+    return "(unset)" if value is _UNSET else repr(value)
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections and kwargs mappings as ``a.b.c`` keys (an empty mapping has none)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read ``path`` (YAML; None: the defaults), apply ``key=value`` overrides, validate."""
     data: dict[str, Any] = {}

@@ -1,6 +1,7 @@
 """`agentenv train`: the training loop, from a YAML config.
 
     agentenv train --config configs/cpu-smollm2.yaml [--set grpo.group_size=8 ...] [--resume] [--out runs/NAME]
+    agentenv train --config configs/cpu-smollm2.yaml --print-config     # every key, resolved, as YAML
 
 One GRPO step::
 
@@ -12,16 +13,23 @@ One GRPO step::
 
 With ``sft.steps > 0`` the first steps are SFT on oracle episodes (trainers/sft.py), drawn from the
 same question order; ``mode: sft`` runs only SFT. ``--resume`` continues from the newest complete
-checkpoint in the run folder with the same data order, the same next batch and the same RNG states.
+checkpoint in the run folder with the same data order, the same next batch and the same RNG states,
+under the run's own ``config.yaml``: ``--config``/``--set`` on a resume may change how the run is
+logged and checkpointed and how far it goes, and anything else only with ``--allow-config-change``.
+Ctrl-C finishes the step in progress, checkpoints it and prints the command that resumes the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import importlib.util
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,10 +46,16 @@ from agentenv.trainers.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from agentenv.trainers.config import ConfigError, TrainConfig, load_config, to_dict
+from agentenv.trainers.config import (
+    ConfigError,
+    TrainConfig,
+    load_config,
+    to_dict,
+    training_changes,
+)
 from agentenv.trainers.engines import SamplingConfig, choose_engine, make_engine
 from agentenv.trainers.grpo import Episode, GRPOConfig, grpo_update, lr_multiplier
-from agentenv.trainers.metrics import MetricsLogger, write_transcripts
+from agentenv.trainers.metrics import MetricsLogger, read_jsonl, write_transcripts
 from agentenv.trainers.rollout import episode_stats, rollout
 from agentenv.trainers.sft import oracle_episode, sft_step
 
@@ -57,23 +71,90 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set grpo.group_size=8 (repeatable; values are YAML)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue from the newest checkpoint in --out, under the run's own config.yaml",
+    )
+    parser.add_argument(
+        "--allow-config-change", action="store_true",
+        help="on --resume, accept --config/--set values that change what training computes",
+    )
     parser.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (every key) as YAML and exit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"agentenv train: error: {error}", file=sys.stderr)
-        return 2
     run_dir = Path(args.out or Path("runs") / (Path(args.config).stem if args.config else "default"))
+    # A resume without --config continues under the run's own config (--set still applies on top).
+    saved = run_dir / "config.yaml"
+    path = saved if args.resume and args.config is None and saved.is_file() else args.config
     try:
-        train(config, run_dir, resume=args.resume)
+        config = load_config(path, args.overrides)
     except (ConfigError, FileNotFoundError) as error:
         print(f"agentenv train: error: {error}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
+    started = time.perf_counter()
+    try:
+        train(config, run_dir, resume=args.resume, allow_config_change=args.allow_config_change)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"agentenv train: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted:
+        return 130  # the checkpoint and the resume command are printed already
+    except KeyboardInterrupt:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            print(f"\nagentenv train: interrupted before the first checkpoint of {run_dir}", file=sys.stderr)
+        else:
+            print(f"\nagentenv train: interrupted; the newest checkpoint is {checkpoint}\n"
+                  f"resume with: {resume_command(run_dir)}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a process that Ctrl-C stopped
+    print(training_summary(config, run_dir, time.perf_counter() - started))
     return 0
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"agentenv train --out {shlex.quote(str(run_dir))} --resume"
+
+
+def training_summary(config: TrainConfig, run_dir: Path, seconds: float) -> str:
+    """What a finished ``agentenv train`` prints: the step reached, the last logged metrics, the run
+    folder, the checkpoint and how to evaluate it."""
+    checkpoint = latest_checkpoint(run_dir)
+    step = read_state(checkpoint)["step"] if checkpoint is not None else 0
+    total = config.max_steps if config.mode == "sft" else config.sft.steps + config.max_steps
+    metrics_file = run_dir / "metrics.jsonl"
+    records = {r["step"]: r for r in read_jsonl(metrics_file)} if metrics_file.is_file() else {}
+    shown = []
+    if records:
+        last = records[max(records)]
+        shown = [f"{key} {last[key]:.3f}" for key in ("reward/mean", "exact_match", "sft/nll") if key in last]
+        dev = [r for _, r in sorted(records.items()) if "dev/exact_match" in r]
+        if dev:
+            shown.append(f"dev/exact_match {dev[-1]['dev/exact_match']:.3f} (step {dev[-1]['step']})")
+    from agentenv.envs import CLOSED_BOOK_QA_ID, RAG_QA_ID, SEARCH_QA_ID
+
+    built_in = {SEARCH_QA_ID: "agent", RAG_QA_ID: "rag", CLOSED_BOOK_QA_ID: "closed-book"}
+    evaluate = f"agentenv eval --model {shlex.quote(str(run_dir))}"
+    if config.env.id in built_in:
+        evaluate += f" --mode {built_in[config.env.id]} --questions geo:test"
+    else:
+        evaluate += f" --env {shlex.quote(config.env.id)} --questions YOUR_HELD_OUT_QUESTIONS.jsonl"
+    lines = [
+        f"agentenv train: done: step {step} of {total} in {datetime.timedelta(seconds=round(seconds))}",
+        f"  run folder: {run_dir}",
+    ]
+    if shown:
+        lines.append(f"  step {max(records)}: {', '.join(shown)}")
+    if checkpoint is not None:
+        lines.append(f"  checkpoint: {checkpoint}")
+    lines.append(f"  evaluate it, e.g.: {evaluate}")
+    return "\n".join(lines)
 
 
 # --- building the pieces ---------------------------------------------------------------------------
@@ -98,7 +179,18 @@ class Policy:
 def load_policy_tokenizer(config: TrainConfig):
     from agentenv.models import load_tokenizer
 
-    return load_tokenizer("embedded" if config.model.name == TINY_RANDOM else config.model.name)
+    try:
+        return load_tokenizer("embedded" if config.model.name == TINY_RANDOM else config.model.name)
+    except (OSError, ValueError) as error:
+        raise ConfigError(_model_name_problem(config.model.name, error)) from None
+
+
+def _model_name_problem(name: str, error: Exception) -> str:
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"model.name: cannot load {name!r} ({detail}); use 'embedded', 'tiny-random', a model folder, "
+        "or a hub id that can be downloaded or is in the Hugging Face cache"
+    )
 
 
 def load_policy(config: TrainConfig, tokenizer: Any) -> Policy:
@@ -115,7 +207,10 @@ def load_policy(config: TrainConfig, tokenizer: Any) -> Policy:
         from transformers import AutoModelForCausalLM
 
         model_path = resolve_model(config.model.name)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        except (OSError, ValueError) as error:
+            raise ConfigError(_model_name_problem(config.model.name, error)) from None
     if config.model.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so it works under LoRA.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -298,8 +393,72 @@ def seed_everything(seed: int) -> None:
 # --- the loop -----------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) training into ``run_dir``; return the last step's metrics."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, raised once the step in progress is finished and checkpointed."""
+
+    def __init__(self, checkpoint: Path):
+        super().__init__(str(checkpoint))
+        self.checkpoint = checkpoint
+
+
+class StopAtStepEnd:
+    """Within the ``with`` block, Ctrl-C (SIGINT) sets ``requested`` instead of raising wherever it
+    lands (mid-rollout, mid-update, mid-save); the loop stops at the end of the step. A second
+    Ctrl-C raises KeyboardInterrupt at once, as usual."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> StopAtStepEnd:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGINT, self._request)
+            self._installed = True
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nagentenv train: Ctrl-C: stopping at the end of this step, with a checkpoint "
+              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+
+
+def check_resumed_config(run_dir: Path, config: TrainConfig, allow_config_change: bool) -> None:
+    """Refuse to resume under values that change what training computes, unless allowed."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = load_config(saved_path)
+    except ConfigError as error:
+        raise ConfigError(f"{saved_path}: {error}") from None
+    changes = training_changes(saved, config)
+    if not changes:
+        return
+    listed = "; ".join(changes)
+    if not allow_config_change:
+        raise ConfigError(
+            f"--resume: {run_dir} was trained with other values of keys that change what training "
+            f"computes: {listed}. Resume without them (the run's config.yaml is read when --config is "
+            "not given), or pass --allow-config-change to continue with them"
+        )
+    print(f"agentenv train: resuming with a changed config (--allow-config-change): {listed}", file=sys.stderr)
+
+
+def train(
+    config: TrainConfig, run_dir: str | Path, resume: bool = False, allow_config_change: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) training into ``run_dir``; return the last step's metrics.
+
+    A resume refuses a ``config`` that changes what training computes against the run's own
+    ``config.yaml`` (``training_changes``) unless ``allow_config_change``. Ctrl-C stops at the end
+    of the step in progress, checkpoints it and raises ``TrainingInterrupted``.
+    """
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
@@ -310,6 +469,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         print(f"agentenv train: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
     if checkpoint is None and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
         raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume, or another --out")
+    if checkpoint is not None:
+        check_resumed_config(run_dir, config, allow_config_change)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
@@ -361,46 +522,52 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     progress = tqdm(total=total_steps, initial=step, disable=not config.logging.progress, desc="train", unit="step")
     metrics: dict[str, Any] = {}
     try:
-        if held_out is not None and checkpoint is None:
-            logger.log(0, held_out.evaluate(engine, policy.model))  # where the curve starts
-        while step < total_steps:
-            step += 1
-            if phase_of(step) != phase:  # SFT is over: GRPO starts with a fresh optimizer
-                phase = phase_of(step)
-                optimizer, scheduler = build_optimizer(model, config, phase, grpo_steps)
-                if policy.reference_model is not None:
-                    save_reference(run_dir, model, policy.reference_model)
-            started = time.perf_counter()
-            if phase == "sft":
-                indices = order.take(config.sft.questions_per_step)
-                episodes = [oracle_episode(envs[0], questions[i], names) for i in indices]
-                metrics = sft_step(
-                    model, optimizer, [e.trajectory for e in episodes], tokenizer.pad_token_id,
-                    config.sft.micro_batch_size, config.optim.max_grad_norm,
-                )
-                metrics["sft/oracle_reward"] = sum(e.reward for e in episodes) / len(episodes)
-                metrics["time/train_s"] = time.perf_counter() - started
-            else:
-                indices = order.take(B)
-                metrics = grpo_step(
-                    step, config, grpo_config, policy, optimizer, scheduler, engine, envs,
-                    [questions[i] for i in indices], run_dir,
-                )
-            metrics["phase"] = phase
-            metrics["data/question_ids"] = [questions[i].get("id", i) for i in indices]
-            metrics["data/cursor"] = order.cursor
-            metrics["lr"] = optimizer.param_groups[0]["lr"]
-            metrics["time/step_s"] = time.perf_counter() - started
-            if held_out is not None and (step % config.eval.every == 0 or step == total_steps):
-                metrics.update(held_out.evaluate(engine, model, sync=phase == "sft"))
-            logger.log(step, metrics)
-            progress.update(1)
-            progress.set_postfix({k: f"{metrics[m]:.3f}" for k, m in _POSTFIX.items() if m in metrics})
-            if step % config.checkpoint.every == 0 or step == total_steps:
-                save_checkpoint(
-                    run_dir, step, model, optimizer, scheduler,
-                    {"cursor": order.cursor, "phase": phase}, to_dict(config), config.checkpoint.keep_last,
-                )
+        with StopAtStepEnd() as stop:
+            if held_out is not None and checkpoint is None:
+                logger.log(0, held_out.evaluate(engine, policy.model))  # where the curve starts
+            while step < total_steps:
+                step += 1
+                if phase_of(step) != phase:  # SFT is over: GRPO starts with a fresh optimizer
+                    phase = phase_of(step)
+                    optimizer, scheduler = build_optimizer(model, config, phase, grpo_steps)
+                    if policy.reference_model is not None:
+                        save_reference(run_dir, model, policy.reference_model)
+                started = time.perf_counter()
+                if phase == "sft":
+                    indices = order.take(config.sft.questions_per_step)
+                    episodes = [oracle_episode(envs[0], questions[i], names) for i in indices]
+                    metrics = sft_step(
+                        model, optimizer, [e.trajectory for e in episodes], tokenizer.pad_token_id,
+                        config.sft.micro_batch_size, config.optim.max_grad_norm,
+                    )
+                    metrics["sft/oracle_reward"] = sum(e.reward for e in episodes) / len(episodes)
+                    metrics["time/train_s"] = time.perf_counter() - started
+                else:
+                    indices = order.take(B)
+                    metrics = grpo_step(
+                        step, config, grpo_config, policy, optimizer, scheduler, engine, envs,
+                        [questions[i] for i in indices], run_dir,
+                    )
+                metrics["phase"] = phase
+                metrics["data/question_ids"] = [questions[i].get("id", i) for i in indices]
+                metrics["data/cursor"] = order.cursor
+                metrics["lr"] = optimizer.param_groups[0]["lr"]
+                metrics["time/step_s"] = time.perf_counter() - started
+                if held_out is not None and (step % config.eval.every == 0 or step == total_steps):
+                    metrics.update(held_out.evaluate(engine, model, sync=phase == "sft"))
+                logger.log(step, metrics)
+                progress.update(1)
+                progress.set_postfix({k: f"{metrics[m]:.3f}" for k, m in _POSTFIX.items() if m in metrics})
+                if step % config.checkpoint.every == 0 or step == total_steps or stop.requested:
+                    saved = save_checkpoint(
+                        run_dir, step, model, optimizer, scheduler,
+                        {"cursor": order.cursor, "phase": phase}, to_dict(config), config.checkpoint.keep_last,
+                        tokenizer=tokenizer,
+                    )
+                if stop.requested and step < total_steps:
+                    print(f"agentenv train: stopped after step {step} of {total_steps}; checkpoint {saved}\n"
+                          f"resume with: {resume_command(run_dir)}", file=sys.stderr, flush=True)
+                    raise TrainingInterrupted(saved)
     finally:
         progress.close()
         logger.close()
