@@ -41,20 +41,23 @@ def train(config=None, overrides=(), out=None, resume=False, allow_config_change
     return train_run(config, Path(out or Path("runs") / name), resume=resume, allow_config_change=allow_config_change)
 
 
-def evaluate(model="embedded", questions="geo:test", modes=("closed-book", "rag", "agent"), out=None, **options):
+def evaluate(model="embedded", questions="geo:test", modes=None, out=None, **options):
     """Evaluate as ``agentenv eval`` does and return its summary (``summary["modes"][mode]["exact_match"]``).
 
-    Every ``agentenv eval`` option is a keyword, with ``_`` for ``-`` (``limit=100``,
-    ``engine="vllm"``, ``max_turn_tokens=64``, ``index="runs/my-index"``)::
+    ``modes``: as ``--mode`` (None: all three, or with ``env=`` only the env's). Every other
+    ``agentenv eval`` option is a keyword, with ``_`` for ``-`` (``limit=100``, ``engine="vllm"``,
+    ``max_turn_tokens=64``, ``index="runs/my-index"``, ``env="mymod:my/Env-v0"``,
+    ``env_kwargs={"max_turns": 2}``)::
 
         summary = agentenv.evaluate("runs/notebook", "geo:dev", modes=["agent"], limit=50)
     """
     from agentenv.trainers.evaluate import evaluate_run, parse_args
 
-    argv = ["--model", str(model), "--questions", str(questions), "--mode", *modes]
+    argv = ["--model", str(model), "--questions", str(questions)]
     if out is not None:
         argv += ["--out", str(out)]
     args = parse_args(argv)
+    args.mode = list(modes) if modes is not None else None
     for key, value in options.items():
         if not hasattr(args, key) or key in ("compare", "mode", "model", "questions", "out"):
             raise TypeError(f"evaluate() got an unknown option {key!r}")

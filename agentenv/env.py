@@ -54,7 +54,8 @@ class ToolEnv(gym.Env):
         parser: the tool-call syntax, ``"tags"`` (ReSearch), ``"search-r1"``, ``"json"``, or an object.
         reward: a ``Reward``, or a ``RewardConfig``; default ReSearch answer reward + search budget.
         questions: records ``{"question", "answers", ...}`` that ``reset()`` samples from when no
-            question is passed in ``options``.
+            question is passed in ``options``, or a question file (any format
+            ``agentenv.corpora.load_questions`` reads) or ``"geo:train"``/``"geo:dev"``/``"geo:test"``.
         system_prompt: replaces the generated instructions (the tool list is still rendered).
         max_turns: policy turns before the episode is truncated.
         max_total_tokens: context length (prompt + turns + tool output) before truncation.
@@ -84,7 +85,7 @@ class ToolEnv(gym.Env):
         tokenizer: Any = "embedded",
         parser: str | ToolCallParser = "tags",
         reward: Reward | RewardConfig | None = None,
-        questions: Sequence[Mapping[str, Any]] | None = None,
+        questions: Sequence[Mapping[str, Any]] | str | os.PathLike | None = None,
         system_prompt: str | None = None,
         max_turns: int = 4,
         max_total_tokens: int = 2048,
@@ -103,6 +104,10 @@ class ToolEnv(gym.Env):
         self.parser = make_parser(parser)
         reward = reward if reward is not None else RewardConfig()
         self.reward_fn = reward.build() if isinstance(reward, RewardConfig) else reward
+        if isinstance(questions, str | os.PathLike):
+            from agentenv.envs import load_question_set
+
+            questions = load_question_set(str(questions))
         self.questions = list(questions) if questions is not None else None
         if on_no_call not in ("end", "nudge", "answer"):
             raise ValueError(f"on_no_call must be 'end', 'nudge' or 'answer', got {on_no_call!r}")

@@ -11,15 +11,25 @@ The two baselines are environments like the agent's, so they are trained (``agen
 --set env.id=agentenv/RagQA-v0``), SFT'd on the same questions and evaluated by the same code.
 
 Every keyword of ``ToolEnv`` (tokenizer, parser, reward, max_turns, ...) passes through.
+
+``make_env(id, **kwargs)`` builds any of them, or any environment of your own: an id registered in
+this process, or Gymnasium's ``module:Id`` form, whose module is imported first (``mymod:my/Env-v0``
+imports ``mymod``, from ``sys.path`` or the current folder, as ``gymnasium.make`` and ``python -m``
+would). A keyword the constructor does not take is an error that names it.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import importlib
+import inspect
 import math
 import os
 import random
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +65,103 @@ def register_envs() -> None:
         if env_id not in gym.registry:
             # No TimeLimit wrapper: ToolEnv truncates on its own turn and token budgets.
             gym.register(id=env_id, entry_point=entry_point, disable_env_checker=False)
+
+
+class UnknownEnvironment(ValueError):
+    """An environment id that is not registered, or whose ``module:`` part cannot be imported."""
+
+
+class EnvArgumentError(ValueError):
+    """A keyword an environment's constructor does not take, lacks or sets itself; ``key`` names it
+    (None when the constructor failed otherwise)."""
+
+    def __init__(self, message: str, key: str | None):
+        super().__init__(message)
+        self.key = key
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The registered id that ``env_id`` names; for ``module:Id``, after importing ``module``.
+
+    The module is looked for on ``sys.path``, then in the current folder (``agentenv`` run as a
+    console script does not have it on its path, as ``python -m`` would)::
+
+        resolve_env_id("mymod:my/WordLength-v0")   # imports mymod, returns "my/WordLength-v0"
+    """
+    module, colon, name = env_id.partition(":")
+    if not colon:
+        module, name = "", env_id
+    if module:
+        _import_env_module(env_id, module)
+    if name in gym.registry:
+        return name
+    close = difflib.get_close_matches(name, [key for key in gym.registry if "/" in key], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    if module:
+        raise UnknownEnvironment(f"{env_id!r}: {module} was imported but registered no {name!r}{hint}")
+    raise UnknownEnvironment(
+        f"{env_id!r} is not a registered environment{hint} (for one of your own, name its module: "
+        "module:Id, e.g. mymod:my/Env-v0)"
+    )
+
+
+def _import_env_module(env_id: str, module: str) -> None:
+    for attempt in ("sys.path", "current folder"):
+        try:
+            importlib.import_module(module)
+            return
+        except ModuleNotFoundError as error:
+            if error.name != module and not module.startswith(f"{error.name}."):
+                raise UnknownEnvironment(f"{env_id!r}: importing {module} failed: {error}") from error
+        if attempt == "sys.path" and os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+            importlib.invalidate_caches()
+    raise UnknownEnvironment(
+        f"{env_id!r}: no module named {module!r} to import (looked on sys.path and in {os.getcwd()})"
+    )
+
+
+def make_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gymnasium.make(env_id, **kwargs).unwrapped`` for any id, ``module:Id`` included.
+
+    A keyword the constructor refuses is an ``EnvArgumentError`` naming it and the closest keyword it
+    takes, not Gymnasium's message (which repeats every keyword's value, a tokenizer's whole repr).
+    """
+    name = resolve_env_id(env_id)
+    try:
+        return gym.make(name, **kwargs).unwrapped
+    except TypeError as error:
+        message = str(error).split(" was raised from the environment creator", 1)[0]
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)
+        required = re.search(r"missing \d+ required .*?arguments?: (.+)", message)
+        missing = re.findall(r"'(\w+)'", required.group(1)) if required else []
+        twice = re.search(r"multiple values for (?:keyword )?argument '(\w+)'", message)
+        if unexpected:
+            key = unexpected.group(1)
+            close = difflib.get_close_matches(key, _keywords_of(name), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise EnvArgumentError(f"{name} does not take {key!r}{hint}", key) from None
+        if missing:
+            raise EnvArgumentError(f"{name} needs {' and '.join(map(repr, missing))}", missing[0]) from None
+        if twice:
+            raise EnvArgumentError(f"{name} sets {twice.group(1)!r} itself; leave it out", twice.group(1)) from None
+        raise EnvArgumentError(f"creating {name} failed: {message}", None) from error
+
+
+def _keywords_of(env_id: str) -> list[str]:
+    """The keywords an environment's entry point names, and ``ToolEnv``'s where it passes ``**kwargs`` on."""
+    from gymnasium.envs.registration import load_env_creator
+
+    entry_point = gym.spec(env_id).entry_point
+    try:
+        creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+        parameters = list(inspect.signature(creator).parameters.values())
+    except (ValueError, TypeError, ImportError, AttributeError):
+        return []
+    names = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        names += [name for name in inspect.signature(ToolEnv.__init__).parameters if name != "self"]
+    return names
 
 
 def load_question_set(questions: str | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

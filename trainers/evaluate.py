@@ -5,7 +5,11 @@ rollout without updates):
 
 * ``agent`` — the multi-turn search + calculator environment;
 * ``rag`` — retrieve the top-k passages with the question, answer in one turn (no tools);
-* ``closed-book`` — answer in one turn from the model's own knowledge (no tools).
+* ``closed-book`` — answer in one turn from the model's own knowledge (no tools);
+
+and, with ``--env ID``, any Gymnasium environment of your own (``module:Id`` imports the module
+first), built with the policy's tokenizer, the turn and token limits and ``--env-kwargs``, as one
+more mode named after its id.
 
 Greedy by default; ``--samples k`` samples k answers per question (temperature 1) and reports
 pass@k next to the mean EM. Writes ``summary.json``, one ``transcripts-<mode>.jsonl`` per mode and a
@@ -15,6 +19,7 @@ interval on the EM difference.
     agentenv eval --model embedded --questions geo:test --limit 200 --mode closed-book rag agent
     agentenv eval --model runs/cpu-smollm2 --questions geo:test --limit 200 --mode agent --out runs/eval-trained
     agentenv eval --compare runs/eval-base runs/eval-trained
+    agentenv eval --model runs/my-run --env mymod:my/WordLength-v0 --questions my_questions.jsonl
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from collections import defaultdict
@@ -53,6 +59,29 @@ def build_envs(mode: str, count: int, tokenizer: Any, search_tool: Any, env_kwar
     if mode == "rag":
         return [make_rag_qa_env(search=search_tool, questions=None, tokenizer=tokenizer, **env_kwargs) for _ in range(count)]
     return [make_closed_book_qa_env(questions=None, tokenizer=tokenizer, **env_kwargs) for _ in range(count)]
+
+
+def env_mode_envs(
+    env_id: str, count: int, tokenizer: Any, env_kwargs: dict[str, Any], user_kwargs: dict[str, Any]
+) -> list[Any]:
+    """``count`` environments of ``--env`` (any id, ``module:Id`` too) with the policy's tokenizer,
+    the turn and token limits (``env_kwargs``) and ``--env-kwargs`` (``user_kwargs``) on top."""
+    from agentenv.envs import EnvArgumentError, make_env
+
+    kwargs = {"tokenizer": tokenizer, **env_kwargs, **user_kwargs}
+    try:
+        return [make_env(env_id, **kwargs) for _ in range(count)]
+    except EnvArgumentError as error:
+        if error.key in user_kwargs or error.key is None:
+            raise EvalError(f"--env-kwargs: {error}") from None
+        raise EvalError(
+            f"--env: {error} (agentenv eval passes it tokenizer, max_turns, max_turn_tokens and max_total_tokens)"
+        ) from None
+
+
+def transcripts_file(mode: str) -> str:
+    """``transcripts-<mode>.jsonl``, with an env id's ``/`` and other odd characters as ``-``."""
+    return f"transcripts-{re.sub(r'[^A-Za-z0-9._-]+', '-', mode)}.jsonl"
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -188,6 +217,7 @@ def episode_record(mode: str, episode: Any, sample: int, tokenizer: Any) -> dict
         "format_valid": bool(episode.format_valid),
         "searches": episode.tool_calls.get("search", 0),
         "calculator_calls": episode.tool_calls.get("calculator", 0),
+        "tool_calls": dict(episode.tool_calls),
         "turns": episode.num_turns,
         "finish_reason": episode.finish_reason,
         "policy_tokens": trajectory.count("policy"),
@@ -281,7 +311,8 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, floa
 
 def format_comparison(name_a: str, a: dict[str, Any], name_b: str, b: dict[str, Any]) -> str:
     lines = [f"{'':<16}{'metric':<18}{name_a[-22:]:>24}{name_b[-22:]:>24}{'Δ':>10}"]
-    for mode in [m for m in MODES if m in a["modes"] or m in b["modes"]]:
+    others = sorted((set(a["modes"]) | set(b["modes"])) - set(MODES))
+    for mode in [m for m in [*MODES, *others] if m in a["modes"] or m in b["modes"]]:
         sa, sb = a["modes"].get(mode), b["modes"].get(mode)
         for metric in ("exact_match", "f1", "searches", "calculator_calls", "valid_format"):
             va = sa[metric] if sa else float("nan")
@@ -302,7 +333,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions (a fixed slice)")
     parser.add_argument("--index", default=None, help="BM25 index folder (default: the shipped geo index)")
     parser.add_argument("--retriever-url", default=None, help="a Search-R1-protocol retrieval server instead of --index")
-    parser.add_argument("--mode", nargs="+", default=list(MODES), choices=MODES, help="modes to run (default: all three)")
+    parser.add_argument("--mode", nargs="+", default=None, choices=MODES,
+                        help="modes to run (default: all three; with --env, only the env unless given)")
+    parser.add_argument("--env", default=None, metavar="ID",
+                        help="also evaluate in this Gymnasium environment (module:Id imports the module first), as a mode named after it")
+    parser.add_argument("--env-kwargs", default=None, metavar="MAPPING",
+                        help="keywords for --env's constructor, as a YAML/JSON mapping, e.g. '{max_turns: 2}'")
     parser.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"),
                         help="auto (default): vLLM where it is installed, else the transformers engine")
     parser.add_argument("--samples", type=int, default=1, help="samples per question (k of pass@k); >1 samples at temperature 1")
@@ -329,8 +365,48 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def modes_of(args: argparse.Namespace) -> list[str]:
+    """The modes to run, in order: the built-in ones asked for (all three by default, none by
+    default with ``--env``), then ``--env``'s, named after its registered id."""
+    from agentenv.envs import UnknownEnvironment, resolve_env_id
+
+    built_in = args.mode if args.mode is not None else ([] if args.env else list(MODES))
+    unknown = [m for m in built_in if m not in MODES]
+    if unknown:
+        raise EvalError(f"unknown mode(s) {', '.join(map(repr, unknown))}; choose from {', '.join(MODES)}")
+    modes = [m for m in MODES if m in built_in]
+    if args.env:
+        try:
+            modes.append(resolve_env_id(args.env))
+        except UnknownEnvironment as error:
+            raise EvalError(f"--env: {error}") from None
+    if not modes:
+        raise EvalError("nothing to evaluate: give --mode, --env or both")
+    return modes
+
+
+def env_kwargs_of(args: argparse.Namespace) -> dict[str, Any]:
+    """``--env-kwargs`` as a dict (a YAML/JSON mapping on the command line, a dict from Python)."""
+    import yaml
+
+    value = args.env_kwargs
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise EvalError(f"--env-kwargs: not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(value, dict):
+        raise EvalError(f"--env-kwargs: expected a mapping such as '{{max_turns: 2}}', got {value!r}")
+    if not args.env:
+        raise EvalError("--env-kwargs goes with --env")
+    return value
+
+
 def check_inputs(args: argparse.Namespace) -> None:
     """Fail fast, before any model loads, on paths and options that cannot work."""
+    env_kwargs_of(args)
     if args.samples < 1:
         raise EvalError(f"--samples must be at least 1, got {args.samples}")
     if args.limit is not None and args.limit < 1:
@@ -365,6 +441,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as ``args`` say; write transcripts, ``summary.json`` and the chart; return the summary."""
+    modes = modes_of(args)  # an --env that names nothing fails here, before the model loads
     check_inputs(args)
     questions = load_questions_for_eval(args.questions, args.limit)
 
@@ -374,19 +451,26 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
 
     engine, tokenizer, model_description = load_policy_engine(args.model, args.engine)
     search = None
-    if {"agent", "rag"} & set(args.mode):
+    if {"agent", "rag"} & set(modes):
         search = make_search_tool(args.index, args.retriever_url, k=args.passages, tokenizer=tokenizer)
     temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
     sampling = SamplingConfig(temperature=temperature, max_new_tokens=args.max_turn_tokens, seed=args.seed)
     env_kwargs = {"max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens, "max_total_tokens": args.max_total_tokens}
 
+    count = max(1, args.batch_size // args.samples) * args.samples
+    # Built before any mode runs, so a keyword --env does not take fails at once.
+    custom_envs = env_mode_envs(args.env, count, tokenizer, env_kwargs, env_kwargs_of(args)) if args.env else None
+
     out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, dict[str, Any]] = {}
-    for mode in [m for m in MODES if m in args.mode]:
+    for mode in modes:
         started = time.perf_counter()
-        records = evaluate_mode(mode, engine, tokenizer, questions, search, args.samples, sampling, env_kwargs, args.batch_size)
-        with (out / f"transcripts-{mode}.jsonl").open("w") as file:
+        if mode in MODES:
+            records = evaluate_mode(mode, engine, tokenizer, questions, search, args.samples, sampling, env_kwargs, args.batch_size)
+        else:
+            records = evaluate_envs(mode, engine, custom_envs, questions, args.samples, sampling, tokenizer)
+        with (out / transcripts_file(mode)).open("w") as file:
             for record in records:
                 file.write(json.dumps(record) + "\n")
         summary = summarise(records)

@@ -286,32 +286,50 @@ def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def make_envs(config: TrainConfig, tokenizer: Any, count: int, questions: str | None = None) -> list[Any]:
     """``count`` environments from ``env.id``, sharing one tokenizer, question list and search index;
     ``questions`` replaces ``env.kwargs.questions`` (the held-out curve's dev questions)."""
-    import gymnasium as gym
-
     import agentenv  # noqa: F401  (registers the environments)
-    from agentenv.envs import RAG_QA_ID, SEARCH_QA_ID, geo_index_dir
+    from agentenv.envs import (
+        RAG_QA_ID,
+        SEARCH_QA_ID,
+        UnknownEnvironment,
+        geo_index_dir,
+        resolve_env_id,
+    )
 
-    if config.env.id not in gym.registry:
-        import difflib
-
-        close = difflib.get_close_matches(config.env.id, [k for k in gym.registry if "/" in k], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"env.id: {config.env.id!r} is not a registered environment{hint}")
+    try:
+        env_id = resolve_env_id(config.env.id)  # module:Id imports the module first
+    except UnknownEnvironment as error:
+        raise ConfigError(f"env.id: {error}") from None
     kwargs: dict[str, Any] = {"tokenizer": tokenizer, "reward": config.reward, **config.env.kwargs}
     if questions is not None:
         kwargs["questions"] = questions
-    searches = config.env.id in (SEARCH_QA_ID, RAG_QA_ID)
+    searches = env_id in (SEARCH_QA_ID, RAG_QA_ID)
     if searches and kwargs.get("retriever_url") is None and not _is_loaded(kwargs.get("index")):
         # One index in memory for all B·G environments, not one each.
         from agentenv.tools.bm25 import BM25Index
 
         kwargs["index"] = BM25Index.load(kwargs.get("index") or geo_index_dir())
-    first = gym.make(config.env.id, **kwargs).unwrapped
+    first = _make_env(config, env_id, kwargs)
     if not first.questions:
         raise ConfigError(f"env {config.env.id} has no training questions (set env.kwargs.questions)")
     # The question list is loaded once and shared too.
     shared = {**kwargs, "questions": first.questions}
-    return [first] + [gym.make(config.env.id, **shared).unwrapped for _ in range(count - 1)]
+    return [first] + [_make_env(config, env_id, shared) for _ in range(count - 1)]
+
+
+def _make_env(config: TrainConfig, env_id: str, kwargs: dict[str, Any]) -> Any:
+    """One environment; a keyword its constructor refuses is a ConfigError naming the key."""
+    from agentenv.envs import EnvArgumentError, make_env
+
+    try:
+        return make_env(env_id, **kwargs)
+    except EnvArgumentError as error:
+        if error.key is None:
+            raise ConfigError(f"env.kwargs: {error}") from None
+        if error.key in config.env.kwargs:
+            raise ConfigError(f"env.kwargs.{error.key}: {error}") from None
+        raise ConfigError(
+            f"env.id: {error} (the trainer passes tokenizer, reward and env.kwargs to every environment)"
+        ) from None
 
 
 def _is_loaded(index: Any) -> bool:
