@@ -155,15 +155,21 @@ class _TantivyBackend:
         # varied from run to run. The second thread built 100 k synthetic passages only ~20 %
         # faster here: tokenizing in Python, not tantivy, is most of the build time.
         writer = index.writer(heap_size=cls.WRITER_HEAP_BYTES, num_threads=1)
-        for passage in passages:
-            writer.add_document(
-                tantivy.Document(
-                    id=passage.id,
-                    title=passage.title.encode(),
-                    text=passage.text.encode(),
-                    body=" ".join(passage.tokens),
+        try:
+            for passage in passages:
+                writer.add_document(
+                    tantivy.Document(
+                        id=passage.id,
+                        title=passage.title.encode(),
+                        text=passage.text.encode(),
+                        body=" ".join(passage.tokens),
+                    )
                 )
-            )
+        except BaseException:
+            # A bad passage: drop the writer now, which joins its indexing thread. Left to the
+            # traceback, that thread writes segment files after the caller has removed the folder.
+            del writer
+            raise
         writer.commit()
         writer.wait_merging_threads()
         return cls(index)
