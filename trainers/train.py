@@ -394,7 +394,9 @@ def build_engine(config: TrainConfig, policy: Policy, env: Any):
             raise ConfigError("engine.kind: 'vllm' needs a model on disk; model.name 'tiny-random' has none")
         kwargs.setdefault("seed", config.seed)
         kwargs.setdefault("max_model_len", env.max_total_tokens)
-        if config.lora.enabled:
+        if config.lora.enabled and torch.cuda.is_available():
+            # On a GPU vLLM serves the adapter itself; on CPU its LoRA kernels are slow, and the
+            # engine receives the merged weights instead (VLLMEngine.update_weights).
             kwargs.setdefault("lora_rank", config.lora.r)
     return make_engine(
         kind, policy.model_path, dtype=policy.dtype, model=policy.model, tokenizer=policy.tokenizer,
