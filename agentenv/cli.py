@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve-retriever": ("agentenv.tools.server", "serve an index over HTTP (Search-R1 protocol)"),
     "train": ("agentenv.trainers.train", "train an agent with GRPO (or SFT) from a YAML config"),
     "eval": ("agentenv.trainers.evaluate", "evaluate a model on held-out questions"),
+    "rm": ("agentenv.trainers.reward_model", "train a reward model on preference pairs (Bradley-Terry)"),
     "experiment": ("agentenv.trainers.experiment", "train and evaluate every row of a comparison, one table"),
     "probe": ("agentenv.trainers.probe", "share of GRPO groups with all-equal rewards, by G and temperature"),
     "plot": ("agentenv.trainers.plot", "turn a training log into PNG curves"),
