@@ -14,7 +14,8 @@ more mode named after its id.
 Greedy by default; ``--samples k`` samples k answers per question (temperature 1) and reports
 pass@k next to the mean EM. Writes ``summary.json``, one ``transcripts-<mode>.jsonl`` per mode and a
 bar chart of the modes; ``--compare A B`` puts two summaries side by side with a paired bootstrap
-interval on the EM difference.
+interval on the EM difference. ``--best-of N --select verifier|majority|reward-model`` samples N
+episodes per question and reports the EM of the selected answer for N = 1, 2, 4, … (trainers/best_of_n.py).
 
     agentenv eval --model embedded --questions geo:test --limit 200 --mode closed-book rag agent
     agentenv eval --model runs/cpu-smollm2 --questions geo:test --limit 200 --mode agent --out runs/eval-trained
@@ -152,10 +153,11 @@ def evaluate_mode(
     sampling: Any,
     env_kwargs: dict[str, Any],
     batch_size: int = 32,
+    score_trajectories: Any = None,
 ) -> list[dict[str, Any]]:
     """Run every question ``samples`` times in ``mode``; one record per episode."""
     envs = build_envs(mode, max(1, batch_size // samples) * samples, tokenizer, search_tool, env_kwargs)
-    return evaluate_envs(mode, engine, envs, questions, samples, sampling, tokenizer)
+    return evaluate_envs(mode, engine, envs, questions, samples, sampling, tokenizer, score_trajectories=score_trajectories)
 
 
 def evaluate_envs(
@@ -167,9 +169,12 @@ def evaluate_envs(
     sampling: Any,
     tokenizer: Any,
     progress: bool = True,
+    score_trajectories: Any = None,
 ) -> list[dict[str, Any]]:
     """Run every question ``samples`` times through ``envs`` (any environment: the trainer's
-    held-out curve passes its own), ``len(envs) // samples`` questions at a time."""
+    held-out curve passes its own), ``len(envs) // samples`` questions at a time.
+    ``score_trajectories`` (trajectories → scores, e.g. a reward model's ``score``) adds a
+    ``reward_model_score`` to every record."""
     from tqdm import tqdm
 
     from agentenv.trainers.rollout import rollout
@@ -180,8 +185,11 @@ def evaluate_envs(
     for start in range(0, len(questions), questions_per_batch):
         chunk = questions[start : start + questions_per_batch]
         batch = rollout(engine, envs[: len(chunk) * samples], chunk, samples, sampling)
+        scores = score_trajectories([e.trajectory for e in batch.episodes]) if score_trajectories else None
         for index, episode in enumerate(batch.episodes):
             records.append(episode_record(mode, episode, index % samples, tokenizer))
+            if scores is not None:
+                records[-1]["reward_model_score"] = float(scores[index])
         bar.update(len(chunk))
     bar.close()
     return records
@@ -342,7 +350,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"),
                         help="auto (default): vLLM where it is installed, else the transformers engine")
     parser.add_argument("--samples", type=int, default=1, help="samples per question (k of pass@k); >1 samples at temperature 1")
-    parser.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for one sample, 1 for several")
+    parser.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for one sample, 1 for several or with --best-of")
+    parser.add_argument("--best-of", type=int, default=None, metavar="N",
+                        help="sample N episodes per question and answer with the selected one (EM per N, best-of-n.png)")
+    parser.add_argument("--select", nargs="+", default=["majority"], choices=("verifier", "majority", "reward-model"),
+                        help="how --best-of selects: verifier (the env's reward: an oracle upper bound), majority "
+                             "(the most frequent normalised answer), reward-model (the highest learned score)")
+    parser.add_argument("--reward-model", default=None, metavar="PATH",
+                        help="a reward model from `agentenv rm train` (its run or model folder), for --select reward-model")
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--max-turn-tokens", type=int, default=128)
     parser.add_argument("--max-total-tokens", type=int, default=1536)
@@ -417,6 +432,23 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise EvalError(f"--index {args.index}: not a BM25 index folder (build one with `agentenv index build`)")
     if args.index and args.retriever_url:
         raise EvalError("give --index or --retriever-url, not both")
+    if args.best_of is not None:
+        if args.best_of < 1:
+            raise EvalError(f"--best-of must be at least 1, got {args.best_of}")
+        if args.samples not in (1, args.best_of):
+            raise EvalError(f"--best-of {args.best_of} samples {args.best_of} episodes per question; drop --samples {args.samples}")
+        from agentenv.trainers.best_of_n import SELECTORS
+
+        if isinstance(args.select, str) or not set(args.select) <= set(SELECTORS):
+            raise EvalError(f"--select takes a list of {', '.join(SELECTORS)}; got {args.select!r}")
+        if "reward-model" in args.select and args.reward_model is None:
+            raise EvalError("--select reward-model needs --reward-model PATH (a folder from `agentenv rm train`)")
+    if args.reward_model is not None:
+        folder = Path(args.reward_model)
+        if not (folder / "reward_model.json").is_file() and not (folder / "model" / "reward_model.json").is_file():
+            raise EvalError(f"--reward-model {args.reward_model}: no reward_model.json (train one with `agentenv rm train`)")
+        if args.best_of is None:
+            raise EvalError("--reward-model goes with --best-of N --select reward-model")
 
 
 def load_questions_for_eval(spec: str, limit: int | None) -> list[dict[str, Any]]:
@@ -453,11 +485,15 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     search = None
     if {"agent", "rag"} & set(modes):
         search = make_search_tool(args.index, args.retriever_url, k=args.passages, tokenizer=tokenizer)
-    temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
+    samples = args.best_of or args.samples  # --best-of N samples N episodes per question
+    temperature = args.temperature if args.temperature is not None else (0.0 if samples == 1 and not args.best_of else 1.0)
     sampling = SamplingConfig(temperature=temperature, max_new_tokens=args.max_turn_tokens, seed=args.seed)
     env_kwargs = {"max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens, "max_total_tokens": args.max_total_tokens}
 
-    count = max(1, args.batch_size // args.samples) * args.samples
+    score_trajectories = None
+    if args.best_of and "reward-model" in args.select:
+        score_trajectories = load_scorer(args.reward_model, tokenizer, args.batch_size)
+    count = max(1, args.batch_size // samples) * samples
     # Built before any mode runs, so a keyword --env does not take fails at once.
     custom_envs = env_mode_envs(args.env, count, tokenizer, env_kwargs, env_kwargs_of(args)) if args.env else None
 
@@ -467,14 +503,20 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     for mode in modes:
         started = time.perf_counter()
         if mode in MODES:
-            records = evaluate_mode(mode, engine, tokenizer, questions, search, args.samples, sampling, env_kwargs, args.batch_size)
+            records = evaluate_mode(mode, engine, tokenizer, questions, search, samples, sampling, env_kwargs,
+                                    args.batch_size, score_trajectories)
         else:
-            records = evaluate_envs(mode, engine, custom_envs, questions, args.samples, sampling, tokenizer)
+            records = evaluate_envs(mode, engine, custom_envs, questions, samples, sampling, tokenizer,
+                                    score_trajectories=score_trajectories)
         with (out / transcripts_file(mode)).open("w") as file:
             for record in records:
                 file.write(json.dumps(record) + "\n")
         summary = summarise(records)
         summary["seconds"] = round(time.perf_counter() - started, 1)
+        if args.best_of:
+            from agentenv.trainers.best_of_n import best_of_n
+
+            summary["best_of_n"] = best_of_n(records, args.select, args.best_of)
         summaries[mode] = summary
 
     summary = {
@@ -483,20 +525,48 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         "num_questions": len(questions),
         "limit": args.limit,
         "engine": type(engine).__name__,
-        "samples": args.samples,
+        "samples": samples,
         "temperature": temperature,
         "modes": summaries,
         "out": str(out),
     }
+    if args.best_of:
+        summary["best_of_n"] = {"n": args.best_of, "select": list(args.select), "reward_model": args.reward_model,
+                                "note": "verifier selects by the env's reward, which reads the gold answers: an oracle upper bound"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["chart"] = plot_modes(summaries, out / "modes.png")
+    if args.best_of:
+        from agentenv.trainers.best_of_n import plot_best_of_n
+
+        summary["best_of_n_chart"] = plot_best_of_n({m: s["best_of_n"] for m, s in summaries.items()}, out / "best-of-n.png")
     return summary
+
+
+def load_scorer(path: str, tokenizer: Any, batch_size: int):
+    """``trajectories -> scores`` of the reward model at ``path``, which must share the policy's
+    tokenizer (it scores the sampled token ids as they are)."""
+    from agentenv.trainers.reward_model import load_reward_model
+
+    try:
+        reward_model = load_reward_model(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise EvalError(f"--reward-model {path}: {error}") from None
+    if reward_model.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise EvalError(f"--reward-model {path}: its tokenizer is not the policy's; it scores the policy's token ids as they are")
+    return lambda trajectories: reward_model.score(trajectories, batch_size=batch_size)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     summary = evaluate_run(args)
     print(f"model: {summary['model']}   questions: {summary['questions']} ({summary['num_questions']})")
     print(format_table(summary["modes"]))
+    if "best_of_n" in summary:
+        from agentenv.trainers.best_of_n import format_best_of_n
+
+        for mode, mode_summary in summary["modes"].items():
+            print("\n" + format_best_of_n(mode, mode_summary["best_of_n"]))
+        if summary.get("best_of_n_chart"):
+            print(f"best-of-N plot: {summary['best_of_n_chart']}")
     chart = summary["chart"]
     print(f"\nwrote {summary['out']}/summary.json, transcripts-<mode>.jsonl" + (f", {chart}" if chart else ""))
     return 0
