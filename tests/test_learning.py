@@ -12,7 +12,7 @@ tokens, so a group of 8 differs in reward and the gradient moves those tokens. M
 0–3: the reward starts at 0.27–0.42 and is ≥ 0.98 by step 5 (≈ 30 s per run on 2 busy cores).
 
 Everything is real: the SmolLM2 tokenizer, the transformers rollout engine, the rollout driver,
-GRPO and ``agentenv train``'s loop.
+each objective (GRPO, RFT, ...) and ``agentenv train``'s loop.
 """
 
 import json
@@ -87,15 +87,32 @@ TINY_RUN = [
 ]
 
 
+def _train_rewards(run_dir, overrides):
+    """``reward/mean`` of every step of a tiny run with ``overrides`` on ``TINY_RUN``."""
+    register_no_spaces_env()
+    config = load_config(None, [*TINY_RUN, f"max_steps={STEPS}", f"checkpoint.every={STEPS}", *overrides])
+    train(config, run_dir)
+    return [json.loads(line)["reward/mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_learned(name, rewards):
+    assert len(rewards) == STEPS
+    start, end = rewards[0], sum(rewards[-3:]) / 3
+    print(f"{name}: reward {start:.3f} → {end:.3f} ({rewards})")
+    assert start < 0.5  # the random model writes mostly space-led tokens
+    assert end > start + 0.3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_grpo_raises_the_reward_of_a_tiny_model(tmp_path, seed):
-    register_no_spaces_env()
-    config = load_config(None, [*TINY_RUN, f"max_steps={STEPS}", f"seed={seed}", f"checkpoint.every={STEPS}"])
-    train(config, tmp_path / "run")
-    rewards = [json.loads(line)["reward/mean"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rewards) == STEPS
-    start, end = rewards[0], sum(rewards[-3:]) / 3
-    print(f"seed {seed}: reward {start:.3f} → {end:.3f} ({rewards})")
-    assert start < 0.5  # the random model writes mostly space-led tokens
-    assert end > start + 0.3
+    _assert_learned(f"grpo seed {seed}", _train_rewards(tmp_path / "run", [f"seed={seed}"]))
+
+
+# RFT: the same 2 questions × 8 samples a round; the best of each question is imitated.
+# Measured (seed 0): 0.42 → 1.00 by round 4, ≈ 20 s.
+@pytest.mark.slow
+def test_rft_raises_the_reward_of_a_tiny_model(tmp_path):
+    overrides = ["mode=rft", "rft.questions_per_round=2", "rft.samples_per_question=8", "rft.keep=best",
+                 "rft.min_reward=0", "rft.micro_batch_size=16"]
+    _assert_learned("rft", _train_rewards(tmp_path / "run", overrides))

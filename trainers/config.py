@@ -24,6 +24,7 @@ import yaml
 from agentenv.rewards import RewardConfig
 from agentenv.trainers.engines import ENGINE_KINDS
 from agentenv.trainers.grpo import LOSS_AGGREGATIONS, GRPOConfig
+from agentenv.trainers.rft import KEEP_RULES, RFTConfig
 from agentenv.trainers.sft import SFTConfig
 
 
@@ -112,8 +113,9 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    mode: str = "grpo"  # grpo (after sft.steps of SFT, if any) | sft
-    max_steps: int = 100  # GRPO steps (SFT steps with mode: sft)
+    # grpo | rft (each after sft.steps of SFT, if any) | sft
+    mode: str = "grpo"
+    max_steps: int = 100  # steps of the mode after SFT: GRPO steps, RFT rounds (SFT steps with mode: sft)
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -121,6 +123,7 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -130,10 +133,11 @@ class TrainConfig:
 
 # Keys whose value must be one of a few strings.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "mode": ("grpo", "sft"),
+    "mode": ("grpo", "sft", "rft"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "engine.kind": ENGINE_KINDS,
     "grpo.loss_agg": LOSS_AGGREGATIONS,
+    "rft.keep": KEEP_RULES,
     "optim.schedule": ("constant", "cosine"),
     "reward.answer": ("research", "f1", "exact_match"),
 }
@@ -161,15 +165,15 @@ MAY_CHANGE_ON_RESUME = ("logging.", "checkpoint.", "max_steps")
 
 def training_changes(old: TrainConfig, new: TrainConfig) -> list[str]:
     """``"key: old -> new"`` for each key, sorted, whose change alters what training computes: every
-    key but ``logging.*``, ``checkpoint.*`` and ``max_steps`` (and ``max_steps`` too when GRPO runs a
-    cosine schedule, whose length it is)."""
+    key but ``logging.*``, ``checkpoint.*`` and ``max_steps`` (and ``max_steps`` too when a mode
+    other than SFT runs a cosine schedule, whose length it is)."""
     before, after = _flat(to_dict(old)), _flat(to_dict(new))
     changes = []
     for key in sorted(before.keys() | after.keys()):
         if before.get(key, _UNSET) == after.get(key, _UNSET):
             continue
         change = f"{key}: {_shown(before.get(key, _UNSET))} -> {_shown(after.get(key, _UNSET))}"
-        if key == "max_steps" and new.mode == "grpo" and new.optim.schedule == "cosine":
+        if key == "max_steps" and new.mode != "sft" and new.optim.schedule == "cosine":
             changes.append(f"{change} (the cosine schedule's length)")
         elif not key.startswith(MAY_CHANGE_ON_RESUME):
             changes.append(change)
@@ -257,7 +261,7 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{key}: {value!r} is too small; it must be at least {minimum}")
     if config.eval.limit is not None and config.eval.limit < 1:
         raise ConfigError(f"eval.limit: {config.eval.limit!r} is too small; it must be at least 1, or null for all")
-    for section in (config.grpo, config.sft):
+    for section in (config.grpo, config.sft, config.rft):
         try:
             section.validate()
         except ValueError as error:

@@ -54,8 +54,9 @@ from agentenv.trainers.config import (
     training_changes,
 )
 from agentenv.trainers.engines import SamplingConfig, choose_engine, make_engine
-from agentenv.trainers.grpo import Episode, GRPOConfig, grpo_update, lr_multiplier
+from agentenv.trainers.grpo import Episode, grpo_update, lr_multiplier
 from agentenv.trainers.metrics import MetricsLogger, read_jsonl, write_transcripts
+from agentenv.trainers.rft import acceptance_stats, accepted, rft_update
 from agentenv.trainers.rollout import episode_stats, rollout
 from agentenv.trainers.sft import oracle_episode, sft_step
 
@@ -369,8 +370,9 @@ class QuestionOrder:
         return indices
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig, phase: str, grpo_steps: int):
-    """AdamW over the trainable parameters; GRPO: warm-up then constant/cosine, SFT: constant sft.lr."""
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, phase: str, mode_steps: int):
+    """AdamW over the trainable parameters; the mode after SFT (GRPO, RFT): optim.lr with warm-up then
+    constant/cosine over its ``mode_steps``; SFT: constant sft.lr."""
     params = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
     lr = config.sft.lr if phase == "sft" else optim.lr
@@ -378,7 +380,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, phase: str, grp
     if phase == "sft":
         return optimizer, None
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, optim.warmup_steps, grpo_steps, optim.schedule, optim.min_lr_ratio)
+        optimizer, lambda step: lr_multiplier(step, optim.warmup_steps, mode_steps, optim.schedule, optim.min_lr_ratio)
     )
     return optimizer, scheduler
 
@@ -495,18 +497,18 @@ def train(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     sft_steps = config.max_steps if config.mode == "sft" else config.sft.steps
-    grpo_steps = 0 if config.mode == "sft" else config.max_steps
-    total_steps = sft_steps + grpo_steps
+    mode_steps = 0 if config.mode == "sft" else config.max_steps  # the steps of the mode after SFT
+    total_steps = sft_steps + mode_steps
 
     def phase_of(step: int) -> str:
-        return "sft" if step <= sft_steps else "grpo"
+        return "sft" if step <= sft_steps else config.mode
 
     seed_everything(config.seed)
     tokenizer = load_policy_tokenizer(config)
     # The environments (and their question lists) before the model: generating questions runs the
     # calculator, whose wall-clock deadline a garbage collection over a loaded model can overrun.
-    B, G = config.grpo.questions_per_step, config.grpo.group_size
-    envs = make_envs(config, tokenizer, B * G if grpo_steps else 1)
+    B, G = rollout_shape(config)
+    envs = make_envs(config, tokenizer, B * G if mode_steps else 1)
     questions = envs[0].questions
     order = QuestionOrder(len(questions), config.seed)
     names = entity_names(config) if sft_steps else None
@@ -515,12 +517,12 @@ def train(
 
     step = 0
     phase = phase_of(1)
-    optimizer, scheduler = build_optimizer(model, config, phase, grpo_steps)
+    optimizer, scheduler = build_optimizer(model, config, phase, mode_steps)
     if checkpoint is not None:
         state = read_state(checkpoint)
         phase = phase_of(state["step"] + 1)
         same_phase = state["phase"] == phase
-        optimizer, scheduler = build_optimizer(model, config, phase, grpo_steps)
+        optimizer, scheduler = build_optimizer(model, config, phase, mode_steps)
         load_checkpoint(checkpoint, model, optimizer if same_phase else None, scheduler if same_phase else None)
         step, order.cursor = state["step"], state["cursor"]
         print(f"agentenv train: resumed from {checkpoint} (step {step})", file=sys.stderr)
@@ -528,11 +530,9 @@ def train(
             load_reference(run_dir, policy.reference_model)
 
     engine = None
-    if (grpo_steps or config.eval.every) and step < total_steps:
+    if (mode_steps or config.eval.every) and step < total_steps:
         engine = build_engine(config, policy, envs[0])
         engine.update_weights(model)
-    max_response_tokens = config.grpo.max_response_tokens or _response_budget(envs[0])
-    grpo_config = replace(config.grpo, max_response_tokens=max_response_tokens)
     held_out = HeldOutCurve(config, tokenizer) if config.eval.every and engine is not None else None
 
     logger = MetricsLogger(
@@ -547,9 +547,9 @@ def train(
                 logger.log(0, held_out.evaluate(engine, policy.model))  # where the curve starts
             while step < total_steps:
                 step += 1
-                if phase_of(step) != phase:  # SFT is over: GRPO starts with a fresh optimizer
+                if phase_of(step) != phase:  # SFT is over: the mode starts with a fresh optimizer
                     phase = phase_of(step)
-                    optimizer, scheduler = build_optimizer(model, config, phase, grpo_steps)
+                    optimizer, scheduler = build_optimizer(model, config, phase, mode_steps)
                     if policy.reference_model is not None:
                         save_reference(run_dir, model, policy.reference_model)
                 started = time.perf_counter()
@@ -564,9 +564,8 @@ def train(
                     metrics["time/train_s"] = time.perf_counter() - started
                 else:
                     indices = order.take(B)
-                    metrics = grpo_step(
-                        step, config, grpo_config, policy, optimizer, scheduler, engine, envs,
-                        [questions[i] for i in indices], run_dir,
+                    metrics = STEPS[phase](
+                        step, config, policy, optimizer, scheduler, engine, envs, [questions[i] for i in indices], run_dir,
                     )
                 metrics["phase"] = phase
                 metrics["data/question_ids"] = [questions[i].get("id", i) for i in indices]
@@ -639,21 +638,19 @@ def _response_budget(env: Any) -> int:
     return min(env.max_turns * env.max_turn_tokens, env.max_total_tokens)
 
 
-def grpo_step(
-    step: int,
-    config: TrainConfig,
-    grpo_config: GRPOConfig,
-    policy: Policy,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    engine: Any,
-    envs: list[Any],
-    step_questions: list[dict[str, Any]],
-    run_dir: Path,
-) -> dict[str, Any]:
-    """Rollout, GRPO update, weight sync; returns the step's metrics with the time split."""
-    model, tokenizer = policy.model, policy.tokenizer
-    G = config.grpo.group_size
+def rollout_shape(config: TrainConfig) -> tuple[int, int]:
+    """(questions, samples per question) that one step of ``config.mode`` rolls out."""
+    if config.mode == "rft":
+        return config.rft.questions_per_round, config.rft.samples_per_question
+    return config.grpo.questions_per_step, config.grpo.group_size
+
+
+def sample(
+    step: int, config: TrainConfig, policy: Policy, engine: Any, envs: list[Any],
+    step_questions: list[dict[str, Any]], samples_per_question: int,
+) -> tuple[Any, float]:
+    """The step's rollout: every question ``samples_per_question`` times at ``engine.temperature``;
+    returns the batch and its seconds."""
     sampling = SamplingConfig(
         temperature=config.engine.temperature,
         top_p=config.engine.top_p,
@@ -661,36 +658,23 @@ def grpo_step(
         # One seed per step: a resumed run samples what an uninterrupted one would.
         seed=config.seed * 1_000_003 + step,
     )
-    model.eval()
+    policy.model.eval()
     started = time.perf_counter()
-    batch = rollout(engine, envs[: len(step_questions) * G], step_questions, G, sampling)
-    rollout_s = time.perf_counter() - started
+    count = len(step_questions) * samples_per_question
+    batch = rollout(engine, envs[:count], step_questions, samples_per_question, sampling)
+    return batch, time.perf_counter() - started
 
-    episodes = [
-        Episode(
-            token_ids=e.trajectory.token_ids,
-            policy_mask=e.trajectory.policy_mask,
-            reward=e.reward,
-            group=e.group,
-            engine_logprobs=e.trajectory.policy_logprobs,
-        )
-        for e in batch.episodes
-    ]
+
+def finish_step(
+    step: int, config: TrainConfig, policy: Policy, engine: Any, run_dir: Path, batch: Any, rollout_s: float,
+    update: dict[str, Any], train_s: float, trained_tokens: int,
+) -> dict[str, Any]:
+    """Sync the engine to the updated weights; the step's metrics with the time split; transcripts."""
     started = time.perf_counter()
-    update = grpo_update(
-        model, optimizer, scheduler, episodes, grpo_config, tokenizer.pad_token_id,
-        reference_model=policy.reference_model,
-        max_grad_norm=config.optim.max_grad_norm,
-        temperature=config.engine.temperature,
-        generator=torch.Generator().manual_seed(config.seed * 7919 + step),
-    )
-    train_s = time.perf_counter() - started
-    started = time.perf_counter()
-    engine.update_weights(model)
+    engine.update_weights(policy.model)
     sync_s = time.perf_counter() - started
 
     metrics = {**episode_stats(batch), **update}
-    trained_tokens = sum(len(e.trajectory) for e in batch.episodes)
     metrics.update(
         {
             "time/rollout_s": rollout_s,
@@ -702,5 +686,76 @@ def grpo_step(
             "throughput/train_tokens_per_s": trained_tokens / max(train_s, 1e-9),
         }
     )
-    write_transcripts(run_dir, step, batch.episodes, tokenizer, config.logging.transcripts_per_step)
+    write_transcripts(run_dir, step, batch.episodes, policy.tokenizer, config.logging.transcripts_per_step)
     return metrics
+
+
+def grpo_step(
+    step: int,
+    config: TrainConfig,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    engine: Any,
+    envs: list[Any],
+    step_questions: list[dict[str, Any]],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Rollout, GRPO update, weight sync; returns the step's metrics with the time split."""
+    batch, rollout_s = sample(step, config, policy, engine, envs, step_questions, config.grpo.group_size)
+    episodes = [
+        Episode(
+            token_ids=e.trajectory.token_ids,
+            policy_mask=e.trajectory.policy_mask,
+            reward=e.reward,
+            group=e.group,
+            engine_logprobs=e.trajectory.policy_logprobs,
+        )
+        for e in batch.episodes
+    ]
+    max_response_tokens = config.grpo.max_response_tokens or _response_budget(envs[0])
+    started = time.perf_counter()
+    update = grpo_update(
+        policy.model, optimizer, scheduler, episodes, replace(config.grpo, max_response_tokens=max_response_tokens),
+        policy.tokenizer.pad_token_id,
+        reference_model=policy.reference_model,
+        max_grad_norm=config.optim.max_grad_norm,
+        temperature=config.engine.temperature,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + step),
+    )
+    train_s = time.perf_counter() - started
+    trained_tokens = sum(len(e.trajectory) for e in batch.episodes)
+    return finish_step(step, config, policy, engine, run_dir, batch, rollout_s, update, train_s, trained_tokens)
+
+
+def rft_step(
+    step: int,
+    config: TrainConfig,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    engine: Any,
+    envs: list[Any],
+    step_questions: list[dict[str, Any]],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """One RFT round: rollout, the verifier's filter, SFT on what it kept, weight sync."""
+    batch, rollout_s = sample(step, config, policy, engine, envs, step_questions, config.rft.samples_per_question)
+    episodes = batch.episodes
+    groups = [e.group for e in episodes]
+    keep = accepted([e.reward for e in episodes], groups, [e.trajectory.token_ids for e in episodes], config.rft)
+    kept = [e.trajectory for e, k in zip(episodes, keep, strict=True) if k]
+    started = time.perf_counter()
+    update = rft_update(
+        policy.model, optimizer, scheduler, kept, config.rft, policy.tokenizer.pad_token_id,
+        max_grad_norm=config.optim.max_grad_norm,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + step),
+    )
+    train_s = time.perf_counter() - started
+    update.update(acceptance_stats([e.question.get("kind") or "unknown" for e in episodes], groups, keep))
+    trained_tokens = sum(len(t) for t in kept)
+    return finish_step(step, config, policy, engine, run_dir, batch, rollout_s, update, train_s, trained_tokens)
+
+
+# What one step of each mode after the SFT warm start runs.
+STEPS = {"grpo": grpo_step, "rft": rft_step}
