@@ -116,3 +116,12 @@ def test_rft_raises_the_reward_of_a_tiny_model(tmp_path):
     overrides = ["mode=rft", "rft.questions_per_round=2", "rft.samples_per_question=8", "rft.keep=best",
                  "rft.min_reward=0", "rft.micro_batch_size=16"]
     _assert_learned("rft", _train_rewards(tmp_path / "run", overrides))
+
+
+# DPO from rollouts: 2 questions × 8 samples a step, the best against the worst of each question;
+# the reference is a frozen copy of the starting model. Measured (seed 0): 0.42 → 1.00 by step 4,
+# ≈ 20 s.
+@pytest.mark.slow
+def test_dpo_raises_the_reward_of_a_tiny_model(tmp_path):
+    overrides = ["mode=dpo", "dpo.questions_per_step=2", "dpo.samples_per_question=8"]
+    _assert_learned("dpo", _train_rewards(tmp_path / "run", overrides))

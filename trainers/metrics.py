@@ -46,11 +46,7 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None:
-            self.path.write_text("")
+        restart_jsonl(self.path, resume_step)
         self._file = self.path.open("a")
         self._writer = None
         if tensorboard:
@@ -102,6 +98,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             print(f"{path}:{number}: skipping a line that is not JSON (a run killed mid-write?)", file=sys.stderr)
     return records
+
+
+def restart_jsonl(path: Path, resume_step: int | None) -> None:
+    """Prepare a per-step JSONL file for appending: emptied for a fresh run (``resume_step`` None),
+    cut after ``resume_step`` for a resumed one (the steps a killed run wrote past its checkpoint)."""
+    if resume_step is not None and path.exists():
+        kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+    elif resume_step is None:
+        path.write_text("")
 
 
 def _step_of(line: str) -> float:

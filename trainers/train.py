@@ -3,16 +3,19 @@
     agentenv train --config configs/cpu-smollm2.yaml [--set grpo.group_size=8 ...] [--resume] [--out runs/NAME]
     agentenv train --config configs/cpu-smollm2.yaml --print-config     # every key, resolved, as YAML
 
-One GRPO step::
+One step of ``mode: grpo`` (``rft`` and ``dpo`` swap the update, ``STEPS``)::
 
     questions = the next B question ids of a seeded, epoch-wise shuffled order (a cursor into it)
     batch     = rollout(engine, B·G environments, questions, G)       # trainers/rollout.py
     metrics   = grpo_update(model, optimizer, ..., batch episodes)     # trainers/grpo.py
+                (rft: the verifier's filter, then SFT on what it kept    trainers/rft.py
+                 dpo: best/worst pairs per question, the DPO loss)      trainers/dpo.py
     engine.update_weights(model)                                       # the next rollout sees θ
     log metrics, transcripts; checkpoint every N steps                  # trainers/metrics.py, checkpoint.py
 
-With ``sft.steps > 0`` the first steps are SFT on oracle episodes (trainers/sft.py), drawn from the
-same question order; ``mode: sft`` runs only SFT. ``--resume`` continues from the newest complete
+``mode: dpo`` with ``dpo.pairs`` set reads pairs from that file instead of sampling (its own
+seeded order, ``pair_cursor`` in the checkpoint). With ``sft.steps > 0`` the first steps are SFT on
+oracle episodes (trainers/sft.py), drawn from the same question order; ``mode: sft`` runs only SFT. ``--resume`` continues from the newest complete
 checkpoint in the run folder with the same data order, the same next batch and the same RNG states,
 under the run's own ``config.yaml``: ``--config``/``--set`` on a resume may change how the run is
 logged and checkpointed and how far it goes, and anything else only with ``--allow-config-change``.
@@ -53,14 +56,16 @@ from agentenv.trainers.config import (
     to_dict,
     training_changes,
 )
+from agentenv.trainers.dpo import append_pairs, dpo_update, pairs_from_rollout, read_pairs
 from agentenv.trainers.engines import SamplingConfig, choose_engine, make_engine
 from agentenv.trainers.grpo import Episode, grpo_update, lr_multiplier
-from agentenv.trainers.metrics import MetricsLogger, read_jsonl, write_transcripts
+from agentenv.trainers.metrics import MetricsLogger, read_jsonl, restart_jsonl, write_transcripts
 from agentenv.trainers.rft import acceptance_stats, accepted, rft_update
 from agentenv.trainers.rollout import episode_stats, rollout
 from agentenv.trainers.sft import oracle_episode, sft_step
 
 TINY_RANDOM = "tiny-random"
+PAIRS_FILE = "pairs.jsonl"  # mode: dpo from rollouts writes its pairs here, for dpo.pairs of another run
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -231,13 +236,31 @@ def load_policy(config: TrainConfig, tokenizer: Any) -> Policy:
         model_checkpoint = resolve_checkpoint(config.model.init_from)
         load_model_weights(model_checkpoint, model)
         print(f"agentenv train: weights from {model_checkpoint}", file=sys.stderr)
-    if not config.lora.enabled and config.grpo.kl_beta > 0:
+    if needs_reference_copy(config):
         # The reference is the starting policy: after init_from, the warm start's weights.
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     if torch.cuda.is_available():
         model = model.cuda()
         reference = reference.cuda() if reference is not None else None
     return Policy(model, tokenizer, reference, model_path, dtype)
+
+
+def load_pairs(path: str, tokenizer: Any) -> list[Any]:
+    """``dpo.pairs``: the pairs of a JSONL file; a line that does not fit is a ConfigError naming it."""
+    try:
+        return read_pairs(path, len(tokenizer))
+    except ValueError as error:
+        raise ConfigError(f"dpo.pairs: {error}") from None
+
+
+def needs_reference_copy(config: TrainConfig) -> bool:
+    """Whether the reference policy is a frozen copy of the starting policy: DPO's ``reference:
+    start``, and GRPO's KL reference under full fine-tuning (with LoRA it is the adapter disabled)."""
+    if config.mode == "dpo":
+        return config.dpo.reference == "start"
+    if config.mode == "rft":
+        return False
+    return not config.lora.enabled and config.grpo.kl_beta > 0
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -371,7 +394,7 @@ class QuestionOrder:
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, phase: str, mode_steps: int):
-    """AdamW over the trainable parameters; the mode after SFT (GRPO, RFT): optim.lr with warm-up then
+    """AdamW over the trainable parameters; the mode after SFT (GRPO, RFT, DPO): optim.lr with warm-up then
     constant/cosine over its ``mode_steps``; SFT: constant sft.lr."""
     params = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
@@ -507,8 +530,12 @@ def train(
     tokenizer = load_policy_tokenizer(config)
     # The environments (and their question lists) before the model: generating questions runs the
     # calculator, whose wall-clock deadline a garbage collection over a loaded model can overrun.
+    # DPO on a file of pairs samples nothing; its pairs are drawn in an order of their own.
+    pairs = load_pairs(config.dpo.pairs, tokenizer) if config.mode == "dpo" and config.dpo.pairs else None
+    pair_order = QuestionOrder(len(pairs), config.seed) if pairs else None
+    samples = bool(mode_steps) and pairs is None  # the mode's steps roll out
     B, G = rollout_shape(config)
-    envs = make_envs(config, tokenizer, B * G if mode_steps else 1)
+    envs = make_envs(config, tokenizer, B * G if samples else 1)
     questions = envs[0].questions
     order = QuestionOrder(len(questions), config.seed)
     names = entity_names(config) if sft_steps else None
@@ -525,16 +552,20 @@ def train(
         optimizer, scheduler = build_optimizer(model, config, phase, mode_steps)
         load_checkpoint(checkpoint, model, optimizer if same_phase else None, scheduler if same_phase else None)
         step, order.cursor = state["step"], state["cursor"]
+        if pair_order is not None:
+            pair_order.cursor = state.get("pair_cursor", 0)
         print(f"agentenv train: resumed from {checkpoint} (step {step})", file=sys.stderr)
         if policy.reference_model is not None and sft_steps and step >= sft_steps:
             load_reference(run_dir, policy.reference_model)
 
     engine = None
-    if (mode_steps or config.eval.every) and step < total_steps:
+    if (samples or config.eval.every) and step < total_steps:
         engine = build_engine(config, policy, envs[0])
         engine.update_weights(model)
     held_out = HeldOutCurve(config, tokenizer) if config.eval.every and engine is not None else None
 
+    if config.mode == "dpo" and pairs is None:
+        restart_jsonl(run_dir / PAIRS_FILE, step if checkpoint else None)
     logger = MetricsLogger(
         run_dir, tensorboard=config.logging.tensorboard, resume_step=step if checkpoint else None,
         wandb_project=config.logging.wandb_project if config.logging.wandb else None, config=to_dict(config),
@@ -562,25 +593,34 @@ def train(
                     )
                     metrics["sft/oracle_reward"] = sum(e.reward for e in episodes) / len(episodes)
                     metrics["time/train_s"] = time.perf_counter() - started
+                    ids = [questions[i].get("id", i) for i in indices]
+                elif pairs is not None:
+                    step_pairs = [pairs[i] for i in pair_order.take(config.dpo.pairs_per_step)]
+                    metrics = dpo_pairs_step(step, config, policy, optimizer, scheduler, step_pairs)
+                    ids = [pair.question_id for pair in step_pairs]
                 else:
                     indices = order.take(B)
                     metrics = STEPS[phase](
                         step, config, policy, optimizer, scheduler, engine, envs, [questions[i] for i in indices], run_dir,
                     )
+                    ids = [questions[i].get("id", i) for i in indices]
                 metrics["phase"] = phase
-                metrics["data/question_ids"] = [questions[i].get("id", i) for i in indices]
+                metrics["data/question_ids"] = ids
                 metrics["data/cursor"] = order.cursor
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
                 metrics["time/step_s"] = time.perf_counter() - started
                 if held_out is not None and (step % config.eval.every == 0 or step == total_steps):
-                    metrics.update(held_out.evaluate(engine, model, sync=phase == "sft"))
+                    # SFT steps and DPO on a file of pairs do not sync the engine; rollout steps do.
+                    metrics.update(held_out.evaluate(engine, model, sync=phase == "sft" or pairs is not None))
                 logger.log(step, metrics)
                 progress.update(1)
                 progress.set_postfix({k: f"{metrics[m]:.3f}" for k, m in _POSTFIX.items() if m in metrics})
                 if step % config.checkpoint.every == 0 or step == total_steps or stop.requested:
                     saved = save_checkpoint(
                         run_dir, step, model, optimizer, scheduler,
-                        {"cursor": order.cursor, "phase": phase}, to_dict(config), config.checkpoint.keep_last,
+                        {"cursor": order.cursor, "phase": phase,
+                         **({"pair_cursor": pair_order.cursor} if pair_order is not None else {})},
+                        to_dict(config), config.checkpoint.keep_last,
                         tokenizer=tokenizer,
                     )
                 if stop.requested and step < total_steps:
@@ -642,6 +682,8 @@ def rollout_shape(config: TrainConfig) -> tuple[int, int]:
     """(questions, samples per question) that one step of ``config.mode`` rolls out."""
     if config.mode == "rft":
         return config.rft.questions_per_round, config.rft.samples_per_question
+    if config.mode == "dpo":
+        return config.dpo.questions_per_step, config.dpo.samples_per_question
     return config.grpo.questions_per_step, config.grpo.group_size
 
 
@@ -757,5 +799,47 @@ def rft_step(
     return finish_step(step, config, policy, engine, run_dir, batch, rollout_s, update, train_s, trained_tokens)
 
 
+def dpo_step(
+    step: int,
+    config: TrainConfig,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    engine: Any,
+    envs: list[Any],
+    step_questions: list[dict[str, Any]],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Rollout, pairs by reward (appended to ``<run>/pairs.jsonl``), DPO update, weight sync."""
+    batch, rollout_s = sample(step, config, policy, engine, envs, step_questions, config.dpo.samples_per_question)
+    pairs = pairs_from_rollout(batch.episodes, config.dpo.min_reward_gap)
+    append_pairs(run_dir / PAIRS_FILE, step, pairs)
+    started = time.perf_counter()
+    update = _dpo_update(step, config, policy, optimizer, scheduler, pairs)
+    train_s = time.perf_counter() - started
+    trained_tokens = sum(len(p.chosen.token_ids) + len(p.rejected.token_ids) for p in pairs)
+    return finish_step(step, config, policy, engine, run_dir, batch, rollout_s, update, train_s, trained_tokens)
+
+
+def dpo_pairs_step(
+    step: int, config: TrainConfig, policy: Policy, optimizer: torch.optim.Optimizer, scheduler: Any, pairs: list[Any]
+) -> dict[str, Any]:
+    """A DPO update on pairs read from ``dpo.pairs``: nothing is sampled, nothing synced."""
+    started = time.perf_counter()
+    update = _dpo_update(step, config, policy, optimizer, scheduler, pairs)
+    train_s = time.perf_counter() - started
+    trained_tokens = sum(len(p.chosen.token_ids) + len(p.rejected.token_ids) for p in pairs)
+    return {**update, "time/train_s": train_s, "throughput/train_tokens_per_s": trained_tokens / max(train_s, 1e-9)}
+
+
+def _dpo_update(step: int, config: TrainConfig, policy: Policy, optimizer: Any, scheduler: Any, pairs: list[Any]):
+    return dpo_update(
+        policy.model, optimizer, scheduler, pairs, config.dpo, policy.tokenizer.pad_token_id,
+        reference_model=policy.reference_model,
+        max_grad_norm=config.optim.max_grad_norm,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + step),
+    )
+
+
 # What one step of each mode after the SFT warm start runs.
-STEPS = {"grpo": grpo_step, "rft": rft_step}
+STEPS = {"grpo": grpo_step, "rft": rft_step, "dpo": dpo_step}

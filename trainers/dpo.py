@@ -1,0 +1,329 @@
+"""DPO on trajectory pairs: the loss and one update step, read top to bottom.
+
+A pair (x, y⁺, y⁻) is two trajectories of the same question x: y⁺ chosen, y⁻ rejected. With
+m_t = 1 on the tokens the policy generated and 0 on prompt, tool output and padding
+(``Trajectory.policy_mask``), a trajectory's log-probability counts its policy tokens only; tool
+output is context the policy conditions on, not an action it took::
+
+    log π(y)  = Σ_t m_t log π(y_t | y_<t)                           (÷ Σ_t m_t if ``length_normalize``)
+    h         = [log π_θ(y⁺) − log π_ref(y⁺)] − [log π_θ(y⁻) − log π_ref(y⁻)]
+    ℓ_sigmoid = −log σ(β h)                                         DPO (Rafailov et al. 2023, eq. 7)
+    ℓ_ipo     = (h − 1/(2β))²                                       IPO (Azar et al. 2023, eq. 17, τ = β)
+    r̂(y)      = β (log π_θ(y) − log π_ref(y))                       the implicit reward (logged)
+
+and the loss is the mean of ℓ over the pairs of a minibatch. Its gradient moves only policy
+tokens' log-probs: ∂ℓ_sigmoid/∂log π_θ(y⁺) = −β σ(−β h), ∂ℓ_sigmoid/∂log π_θ(y⁻) = +β σ(−β h).
+Log-probs are at temperature 1 (the model's own distribution, as in the DPO paper).
+
+π_ref is fixed for the whole run (``reference``): ``start``, a frozen copy of the policy DPO starts
+from (after ``model.init_from`` or the SFT warm start: the SFT model, as in the paper, §4); or, with
+LoRA, ``base``: the policy with its adapter disabled (no second copy; the base model before any
+LoRA warm start), as GRPO's KL reference is.
+
+Pairs come from a JSONL file this code wrote (``pairs``), or from rollouts (``pairs: null``): each
+step samples N trajectories for each of B questions and pairs, per question, the highest-reward
+sample (chosen) with the lowest (rejected) when their rewards differ by more than
+``min_reward_gap``: the first sample on ties (online DPO on the verifier's ranking; Xu et al. 2024
+pair best and worst of a reward model's ranking the same way). Those pairs are appended to
+``<run>/pairs.jsonl``, which another run can train on.
+
+One update (``dpo_update``): log π_ref of both sides once, without gradients; then ``epochs`` passes
+over the pairs in shuffled minibatches, each one optimizer step, each split into micro-batches of
+pairs (the chosen and the rejected side of a pair in the same forward pass, so the loss of each
+pair is whole) whose gradients accumulate to exactly the minibatch's loss; gradient-norm
+clipping; one learning-rate scheduler step per update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from agentenv.trainers.grpo import (
+    batch_logprobs,
+    clip_grad_norm,
+    micro_batches,
+    pad_trajectories,
+    reference_context,
+    token_logprobs,
+)
+
+DPO_LOSSES = ("sigmoid", "ipo")
+REFERENCES = ("start", "base")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """YAML section ``dpo`` (``mode: dpo``)."""
+
+    beta: float = 0.1  # β
+    loss: str = "sigmoid"  # sigmoid: DPO | ipo
+    length_normalize: bool = False  # log π(y) as the mean over policy tokens instead of the sum
+    reference: str = "start"  # start: a frozen copy of the starting policy | base: LoRA adapter disabled
+    pairs: str | None = None  # a JSONL file of pairs (as <run>/pairs.jsonl); null: pairs from rollouts
+    pairs_per_step: int = 8  # from a file: pairs per step
+    questions_per_step: int = 4  # from rollouts: B
+    samples_per_question: int = 4  # from rollouts: N (one pair per question: best and worst)
+    min_reward_gap: float = 0.0  # a pair needs r⁺ − r⁻ > this
+    epochs: int = 1  # passes over each step's pairs
+    minibatch_size: int | None = None  # pairs per optimizer step; None: all of the step's
+    micro_batch_size: int = 2  # pairs per forward pass (two sequences each)
+
+    def validate(self) -> None:
+        if self.loss not in DPO_LOSSES:
+            raise ValueError(f"dpo.loss must be one of {list(DPO_LOSSES)}, got {self.loss!r}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"dpo.reference must be one of {list(REFERENCES)}, got {self.reference!r}")
+        if self.beta <= 0:
+            raise ValueError(f"dpo.beta must be positive, got {self.beta!r}")
+        if self.samples_per_question < 2:
+            raise ValueError(
+                f"dpo.samples_per_question must be at least 2, got {self.samples_per_question}: "
+                "a pair is two samples of one question"
+            )
+        for name in ("pairs_per_step", "questions_per_step", "epochs", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"dpo.{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.minibatch_size is not None and self.minibatch_size < 1:
+            raise ValueError(f"dpo.minibatch_size must be at least 1 or null, got {self.minibatch_size!r}")
+        if self.min_reward_gap < 0:
+            raise ValueError(f"dpo.min_reward_gap must be ≥ 0, got {self.min_reward_gap!r}")
+
+
+# --- pairs --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoredTrajectory:
+    token_ids: list[int]
+    policy_mask: list[int]
+    reward: float
+
+
+@dataclass(frozen=True)
+class Pair:
+    chosen: ScoredTrajectory
+    rejected: ScoredTrajectory
+    question_id: str | None = None
+    question: str | None = None
+
+
+def pairs_from_rollout(episodes: Sequence[Any], min_reward_gap: float = 0.0) -> list[Pair]:
+    """One pair per question of a rollout (``trainers.rollout.Episode``s): its highest-reward sample
+    against its lowest, the first on ties, if r⁺ − r⁻ > ``min_reward_gap``."""
+    by_group: dict[int, list[Any]] = defaultdict(list)
+    for episode in episodes:
+        by_group[episode.group].append(episode)
+    pairs = []
+    for members in by_group.values():
+        best = max(members, key=lambda e: e.reward)  # max and min return the first of equals
+        worst = min(members, key=lambda e: e.reward)
+        if best.reward - worst.reward > min_reward_gap:
+            question = best.question
+            pairs.append(Pair(_scored(best), _scored(worst), question.get("id"), question.get("question")))
+    return pairs
+
+
+def _scored(episode: Any) -> ScoredTrajectory:
+    return ScoredTrajectory(episode.trajectory.token_ids, episode.trajectory.policy_mask, float(episode.reward))
+
+
+def append_pairs(path: str | Path, step: int, pairs: Sequence[Pair]) -> None:
+    """Append ``pairs`` to a JSONL file, one pair per line, tagged with the training ``step``."""
+    with Path(path).open("a") as file:
+        for pair in pairs:
+            record = {
+                "step": step,
+                "question_id": pair.question_id,
+                "question": pair.question,
+                "chosen": _side_record(pair.chosen),
+                "rejected": _side_record(pair.rejected),
+            }
+            file.write(json.dumps(record) + "\n")
+
+
+def _side_record(side: ScoredTrajectory) -> dict[str, Any]:
+    return {"reward": side.reward, "token_ids": list(side.token_ids), "policy_mask": list(side.policy_mask)}
+
+
+def read_pairs(path: str | Path, vocab_size: int | None = None) -> list[Pair]:
+    """The pairs of a JSONL file in the format ``append_pairs`` writes (JSON only: nothing in the
+    file is executed). A line that does not fit raises ValueError naming the file, the line and
+    the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dpo.pairs: {path} is not a file")
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not {"chosen", "rejected"} <= set(record):
+            raise ValueError(f"{where}: a pair needs 'chosen' and 'rejected' trajectories")
+        sides = [_read_side(record[name], f"{where}: {name}", vocab_size) for name in ("chosen", "rejected")]
+        question_id = record.get("question_id")
+        pairs.append(Pair(*sides, None if question_id is None else str(question_id), record.get("question")))
+    if not pairs:
+        raise ValueError(f"dpo.pairs: {path} holds no pairs")
+    return pairs
+
+
+def _read_side(side: Any, where: str, vocab_size: int | None) -> ScoredTrajectory:
+    if not isinstance(side, dict) or not {"token_ids", "policy_mask"} <= set(side):
+        raise ValueError(f"{where} needs 'token_ids' and 'policy_mask'")
+    ids, mask = side["token_ids"], side["policy_mask"]
+    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise ValueError(f"{where}.token_ids must be a list of integers")
+    if vocab_size is not None and any(not 0 <= t < vocab_size for t in ids):
+        raise ValueError(f"{where}.token_ids holds ids outside the tokenizer's vocabulary (0 … {vocab_size - 1})")
+    if not isinstance(mask, list) or any(m not in (0, 1) or isinstance(m, bool) for m in mask):
+        raise ValueError(f"{where}.policy_mask must be a list of 0 and 1")
+    if len(mask) != len(ids):
+        raise ValueError(f"{where}: {len(mask)} policy_mask entries for {len(ids)} token_ids")
+    if not any(mask):
+        raise ValueError(f"{where} has no policy token (policy_mask is all 0)")
+    reward = side.get("reward", 0.0)
+    if not isinstance(reward, int | float) or isinstance(reward, bool):
+        raise ValueError(f"{where}.reward must be a number, got {reward!r}")
+    return ScoredTrajectory(ids, mask, float(reward))
+
+
+# --- the loss -------------------------------------------------------------------------------------------
+
+
+def sequence_logprobs(logp: torch.Tensor, mask: torch.Tensor, length_normalize: bool = False) -> torch.Tensor:
+    """log π(y) per row of per-token log-probs ``[n, T]``: the sum over policy tokens (the mean with
+    ``length_normalize``)."""
+    summed = (logp * mask).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp(min=1.0) if length_normalize else summed
+
+
+@dataclass
+class PairLoss:
+    """The per-pair terms of the objective, each ``[m]``."""
+
+    loss: torch.Tensor  # ℓ
+    margin: torch.Tensor  # h
+    chosen_reward: torch.Tensor  # r̂(y⁺)
+    rejected_reward: torch.Tensor  # r̂(y⁻)
+
+
+def dpo_loss(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    beta: float,
+    loss: str = "sigmoid",
+) -> PairLoss:
+    """ℓ per pair from the sequence log-probs of both sides under π_θ and π_ref."""
+    chosen_ratio = chosen_logp - ref_chosen_logp
+    rejected_ratio = rejected_logp - ref_rejected_logp
+    h = chosen_ratio - rejected_ratio
+    if loss == "sigmoid":
+        value = -F.logsigmoid(beta * h)
+    elif loss == "ipo":
+        value = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"dpo.loss must be one of {list(DPO_LOSSES)}, got {loss!r}")
+    return PairLoss(value, h.detach(), (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach())
+
+
+# --- one update --------------------------------------------------------------------------------------------
+
+
+def dpo_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    pairs: Sequence[Pair],
+    config: DPOConfig,
+    pad_id: int,
+    reference_model: torch.nn.Module | None = None,
+    max_grad_norm: float | None = 1.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """One DPO update on ``pairs``; returns its metrics. ``reference_model`` is π_ref when it is a
+    frozen copy; without it the LoRA ``model`` with its adapter disabled is."""
+    config.validate()
+    if not pairs:
+        if scheduler is not None:
+            scheduler.step()
+        return {"update/skipped": 1.0, "dpo/pairs": 0.0}
+    P = len(pairs)
+    sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]  # row i and row P + i: pair i
+    batch = pad_trajectories([s.token_ids for s in sides], [s.policy_mask for s in sides], pad_id)
+    every_row = torch.arange(len(batch))
+    ref_module, ref_ctx = reference_context(model, reference_model)
+    with ref_ctx:
+        ref_token_logp = batch_logprobs(ref_module, batch, 2 * config.micro_batch_size)
+    full_mask = batch.targets_mask(every_row, batch.input_ids.shape[1])
+    ref_logp = sequence_logprobs(ref_token_logp, full_mask, config.length_normalize)
+    pair_lengths = torch.maximum(batch.lengths[:P], batch.lengths[P:])
+    minibatch_size = config.minibatch_size or P
+
+    model.train()
+    sums = defaultdict(float)
+    grad_norms = []
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for epoch in range(config.epochs):
+        order = torch.randperm(P, generator=generator)
+        for minibatch in order.split(minibatch_size):
+            optimizer.zero_grad(set_to_none=True)
+            for pair_rows in micro_batches(minibatch, pair_lengths, config.micro_batch_size):
+                rows = torch.cat([pair_rows, pair_rows + P])
+                width = int(batch.lengths[rows].max())
+                mask = batch.targets_mask(rows, width)
+                logp, _ = token_logprobs(
+                    model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.start,
+                    target_mask=mask,
+                )
+                sequence = sequence_logprobs(logp, mask, config.length_normalize)
+                m = len(pair_rows)
+                terms = dpo_loss(sequence[:m], sequence[m:], ref_logp[pair_rows], ref_logp[pair_rows + P],
+                                 config.beta, config.loss)
+                loss = terms.loss.sum() / len(minibatch)
+                loss.backward()
+                sums["loss"] += loss.item()
+                if epoch == 0:
+                    sums["margin"] += terms.margin.sum().item()
+                    sums["accuracy"] += (terms.chosen_reward > terms.rejected_reward).float().sum().item()
+                    sums["chosen_reward"] += terms.chosen_reward.sum().item()
+                    sums["rejected_reward"] += terms.rejected_reward.sum().item()
+                    sums["chosen_logp"] += sequence[:m].detach().sum().item()
+                    sums["rejected_logp"] += sequence[m:].detach().sum().item()
+            grad_norms.append(clip_grad_norm(trainable, max_grad_norm))
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+
+    optimizer_steps = config.epochs * math.ceil(P / minibatch_size)
+    return {
+        "loss": sums["loss"] / optimizer_steps,
+        "dpo/pairs": float(P),
+        "dpo/margin": sums["margin"] / P,
+        "dpo/accuracy": sums["accuracy"] / P,
+        "dpo/rewards/chosen": sums["chosen_reward"] / P,
+        "dpo/rewards/rejected": sums["rejected_reward"] / P,
+        "dpo/logp/chosen": sums["chosen_logp"] / P,
+        "dpo/logp/rejected": sums["rejected_logp"] / P,
+        "dpo/reward_gap": sum(p.chosen.reward - p.rejected.reward for p in pairs) / P,
+        "grad_norm": sum(grad_norms) / len(grad_norms),
+        "update/optimizer_steps": float(optimizer_steps),
+        "update/policy_tokens": full_mask.sum().item(),
+        "update/sequences": float(len(batch)),
+        "update/skipped": 0.0,
+    }
