@@ -125,3 +125,11 @@ def test_rft_raises_the_reward_of_a_tiny_model(tmp_path):
 def test_dpo_raises_the_reward_of_a_tiny_model(tmp_path):
     overrides = ["mode=dpo", "dpo.questions_per_step=2", "dpo.samples_per_question=8"]
     _assert_learned("dpo", _train_rewards(tmp_path / "run", overrides))
+
+
+# PPO: 2 questions × 8 samples a step (the value head is the baseline), GAE, 2 epochs, KL 0.02 to a
+# frozen copy of the starting model. Measured (seed 0): 0.42 → 1.00 by step 6, ≈ 35 s.
+@pytest.mark.slow
+def test_ppo_raises_the_reward_of_a_tiny_model(tmp_path):
+    overrides = ["mode=ppo", "ppo.questions_per_step=2", "ppo.samples_per_question=8", "ppo.micro_batch_size=16"]
+    _assert_learned("ppo", _train_rewards(tmp_path / "run", overrides))

@@ -13,6 +13,7 @@ MODES = {
     "grpo": [],
     "rft": ["mode=rft", "rft.questions_per_round=2", "rft.samples_per_question=4", "rft.keep=best", "rft.min_reward=0"],
     "dpo": ["mode=dpo", "dpo.questions_per_step=2", "dpo.samples_per_question=4"],
+    "ppo": ["mode=ppo", "ppo.questions_per_step=2", "ppo.samples_per_question=4"],
 }
 
 
@@ -34,7 +35,8 @@ def test_a_resumed_run_continues_as_an_uninterrupted_one(tmp_path, mode):
     whole, parts = _records(tmp_path / "whole"), _records(tmp_path / "parts")
     assert sorted(parts) == [1, 2, 3]
     assert parts[3]["data/question_ids"] == whole[3]["data/question_ids"]
-    for key in ("reward/mean", "loss", "sft/nll", "rft/acceptance_rate", "dpo/margin"):
+    # The loss of step 3 reads the restored weights, optimizer, reference and (PPO) value head.
+    for key in ("reward/mean", "loss", "sft/nll", "rft/acceptance_rate", "dpo/margin", "loss/value"):
         if key in whole[3]:
             assert parts[3][key] == pytest.approx(whole[3][key], rel=1e-5), key
 
@@ -48,3 +50,11 @@ def test_the_held_out_curve_and_the_sft_warm_start_work_in_every_mode(tmp_path, 
     records = _records(tmp_path / "run")
     assert [records[s]["phase"] for s in (1, 2, 3)] == ["sft", mode, mode]
     assert "dev/exact_match" in records[0] and "dev/exact_match" in records[2]
+
+
+def test_a_ppo_checkpoint_holds_the_value_head(tmp_path):
+    register_no_spaces_env()
+    train(load_config(None, [*TINY_RUN, *MODES["ppo"], "max_steps=1"]), tmp_path / "run")
+    from agentenv.trainers.checkpoint import latest_checkpoint
+
+    assert (latest_checkpoint(tmp_path / "run") / "value_head.safetensors").is_file()

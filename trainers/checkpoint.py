@@ -5,6 +5,7 @@ A checkpoint is a folder ``<run>/checkpoints/step_000042/`` holding
     model/          the LoRA adapter (``adapter_model.safetensors``) or the full model, as
                     ``save_pretrained`` writes it, with the tokenizer and the generation config,
                     so it loads with peft / transformers (and ``agentenv eval --model``) by itself
+    value_head.safetensors   PPO's value head (``mode: ppo``)
     optimizer.pt    optimizer state
     scheduler.pt    learning-rate scheduler state
     rng.pt          python, numpy and torch (CPU and CUDA) random states
@@ -29,7 +30,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,11 @@ def save_checkpoint(
     config: dict[str, Any],
     keep_last: int = 2,
     tokenizer: Any = None,
+    modules: Mapping[str, torch.nn.Module] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically and drop all but the newest ``keep_last``; ``tokenizer``
-    is saved beside the weights."""
+    is saved beside the weights, and each of ``modules`` (trained beside the model: PPO's value
+    head) as ``<name>.safetensors``."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
@@ -106,6 +109,12 @@ def save_checkpoint(
     generation_config = getattr(model, "generation_config", None)  # a LoRA model's is its base's
     if generation_config is not None and not (staging / "model" / "generation_config.json").exists():
         generation_config.save_pretrained(staging / "model")
+    if modules:
+        from safetensors.torch import save_file
+
+        for name, module in modules.items():
+            state_dict = {key: tensor.detach().contiguous() for key, tensor in module.state_dict().items()}
+            save_file(state_dict, staging / f"{name}.safetensors")
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(scheduler.state_dict() if scheduler is not None else {}, staging / "scheduler.pt")
     torch.save(rng_state(), staging / "rng.pt")
@@ -175,19 +184,32 @@ def _is_tied(model: torch.nn.Module, key: str) -> bool:
 
 
 def load_checkpoint(
-    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    modules: Mapping[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG states; return ``state.json``.
 
     ``optimizer``/``scheduler`` may be None to restore only the weights (or when the checkpoint
-    belongs to another training phase).
+    belongs to another training phase); ``modules`` are restored from ``<name>.safetensors``.
     """
+    from safetensors.torch import load_file
+
     path = Path(path)
     # Every file is read before anything is restored: a refused file leaves the model untouched.
+    module_states = {}
+    for name in modules or {}:
+        if not (path / f"{name}.safetensors").is_file():
+            raise FileNotFoundError(f"{path / f'{name}.safetensors'} is missing: the checkpoint has no {name}")
+        module_states[name] = load_file(path / f"{name}.safetensors")
     optimizer_state = load_tensors(path / "optimizer.pt") if optimizer is not None else None
     scheduler_state = load_tensors(path / "scheduler.pt") if scheduler is not None else None
     rng = load_tensors(path / "rng.pt", allowed=_NUMPY_ARRAY_GLOBALS)
     load_model_weights(path, model)
+    for name, module in (modules or {}).items():
+        module.load_state_dict(module_states[name])
     if optimizer is not None:
         optimizer.load_state_dict(optimizer_state)
     if scheduler is not None:

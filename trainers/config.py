@@ -25,6 +25,7 @@ from agentenv.rewards import RewardConfig
 from agentenv.trainers.dpo import DPO_LOSSES, REFERENCES, DPOConfig
 from agentenv.trainers.engines import ENGINE_KINDS
 from agentenv.trainers.grpo import LOSS_AGGREGATIONS, GRPOConfig
+from agentenv.trainers.ppo import PPOConfig
 from agentenv.trainers.rft import KEEP_RULES, RFTConfig
 from agentenv.trainers.sft import SFTConfig
 
@@ -114,9 +115,9 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # grpo | rft | dpo (each after sft.steps of SFT, if any) | sft
+    # grpo | rft | dpo | ppo (each after sft.steps of SFT, if any) | sft
     mode: str = "grpo"
-    max_steps: int = 100  # steps of the mode after SFT: GRPO, DPO steps, RFT rounds (SFT steps with mode: sft)
+    max_steps: int = 100  # steps of the mode after SFT: GRPO, DPO, PPO steps, RFT rounds (SFT steps with mode: sft)
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -126,6 +127,7 @@ class TrainConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -135,13 +137,14 @@ class TrainConfig:
 
 # Keys whose value must be one of a few strings.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "mode": ("grpo", "sft", "rft", "dpo"),
+    "mode": ("grpo", "sft", "rft", "dpo", "ppo"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "engine.kind": ENGINE_KINDS,
     "grpo.loss_agg": LOSS_AGGREGATIONS,
     "rft.keep": KEEP_RULES,
     "dpo.loss": DPO_LOSSES,
     "dpo.reference": REFERENCES,
+    "ppo.reference": REFERENCES,
     "optim.schedule": ("constant", "cosine"),
     "reward.answer": ("research", "f1", "exact_match"),
 }
@@ -265,16 +268,17 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{key}: {value!r} is too small; it must be at least {minimum}")
     if config.eval.limit is not None and config.eval.limit < 1:
         raise ConfigError(f"eval.limit: {config.eval.limit!r} is too small; it must be at least 1, or null for all")
-    for section in (config.grpo, config.sft, config.rft, config.dpo):
+    for section in (config.grpo, config.sft, config.rft, config.dpo, config.ppo):
         try:
             section.validate()
         except ValueError as error:
             raise ConfigError(str(error)) from error
-    if config.mode == "dpo" and config.dpo.reference == "base" and not config.lora.enabled:
-        raise ConfigError(
-            "dpo.reference: 'base' is the LoRA policy with its adapter disabled, and lora.enabled is false; "
-            "use 'start' (a frozen copy of the starting policy)"
-        )
+    for mode, section in (("dpo", config.dpo), ("ppo", config.ppo)):
+        if config.mode == mode and section.reference == "base" and not config.lora.enabled:
+            raise ConfigError(
+                f"{mode}.reference: 'base' is the LoRA policy with its adapter disabled, and lora.enabled is "
+                "false; use 'start' (a frozen copy of the starting policy)"
+            )
     try:
         config.reward.build()
     except ValueError as error:

@@ -261,7 +261,7 @@ def token_logprobs(
     SmolLM2's 49k-word vocabulary is a fifth of its parameters. Without it, every target position is
     projected (``logits_to_keep`` still skips the prompt).
     """
-    parts = _decoder_and_head(model) if target_mask is not None else None
+    parts = decoder_and_head(model) if target_mask is not None else None
     if parts is None:
         keep = input_ids.shape[1] - start + 1
         logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False).logits
@@ -275,6 +275,20 @@ def token_logprobs(
         return logp, entropy
     decoder, head = parts
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return masked_logprobs(head, hidden, input_ids, start, temperature, target_mask, with_entropy)
+
+
+def masked_logprobs(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    start: int,
+    temperature: float,
+    target_mask: torch.Tensor,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logprobs`` from the body's last hidden states ``[n, T, d]``: the output projection
+    ``head`` runs only where ``target_mask`` is 1 (0 elsewhere)."""
     scored = target_mask > 0
     # The hidden state at t−1 scores token t.
     log_probs = F.log_softmax(head(hidden[:, start - 1 : -1][scored]).float() / temperature, dim=-1)
@@ -289,7 +303,7 @@ def token_logprobs(
     return logp, entropy
 
 
-def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(the transformer body, the output projection) of a causal LM whose logits are exactly
     ``head(body(x))``; None for models that change logits after the projection (Gemma 2's soft-cap,
     Cohere's logit scale) or that do not expose the two parts, which then take the full forward."""

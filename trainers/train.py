@@ -3,13 +3,14 @@
     agentenv train --config configs/cpu-smollm2.yaml [--set grpo.group_size=8 ...] [--resume] [--out runs/NAME]
     agentenv train --config configs/cpu-smollm2.yaml --print-config     # every key, resolved, as YAML
 
-One step of ``mode: grpo`` (``rft`` and ``dpo`` swap the update, ``STEPS``)::
+One step of ``mode: grpo`` (``rft``, ``dpo`` and ``ppo`` swap the update, ``STEPS``)::
 
     questions = the next B question ids of a seeded, epoch-wise shuffled order (a cursor into it)
     batch     = rollout(engine, B·G environments, questions, G)       # trainers/rollout.py
     metrics   = grpo_update(model, optimizer, ..., batch episodes)     # trainers/grpo.py
                 (rft: the verifier's filter, then SFT on what it kept    trainers/rft.py
-                 dpo: best/worst pairs per question, the DPO loss)      trainers/dpo.py
+                 dpo: best/worst pairs per question, the DPO loss       trainers/dpo.py
+                 ppo: GAE with a value head, the clipped objective)     trainers/ppo.py
     engine.update_weights(model)                                       # the next rollout sees θ
     log metrics, transcripts; checkpoint every N steps                  # trainers/metrics.py, checkpoint.py
 
@@ -60,6 +61,7 @@ from agentenv.trainers.dpo import append_pairs, dpo_update, pairs_from_rollout, 
 from agentenv.trainers.engines import SamplingConfig, choose_engine, make_engine
 from agentenv.trainers.grpo import Episode, grpo_update, lr_multiplier
 from agentenv.trainers.metrics import MetricsLogger, read_jsonl, restart_jsonl, write_transcripts
+from agentenv.trainers.ppo import ValueHead, ppo_update
 from agentenv.trainers.rft import acceptance_stats, accepted, rft_update
 from agentenv.trainers.rollout import episode_stats, rollout
 from agentenv.trainers.sft import oracle_episode, sft_step
@@ -180,6 +182,7 @@ class Policy:
     reference_model: torch.nn.Module | None  # a frozen copy: full fine-tuning with kl_beta > 0
     model_path: str | None  # where the engine loads the base weights from (None: tiny-random)
     dtype: torch.dtype
+    value_head: torch.nn.Module | None = None  # PPO's V(s) on the model's last hidden state
 
 
 def load_policy_tokenizer(config: TrainConfig):
@@ -239,10 +242,17 @@ def load_policy(config: TrainConfig, tokenizer: Any) -> Policy:
     if needs_reference_copy(config):
         # The reference is the starting policy: after init_from, the warm start's weights.
         reference = copy.deepcopy(model).eval().requires_grad_(False)
+    value_head = ValueHead(model.config.hidden_size).to(dtype) if config.mode == "ppo" else None
     if torch.cuda.is_available():
         model = model.cuda()
         reference = reference.cuda() if reference is not None else None
-    return Policy(model, tokenizer, reference, model_path, dtype)
+        value_head = value_head.cuda() if value_head is not None else None
+    return Policy(model, tokenizer, reference, model_path, dtype, value_head)
+
+
+def trained_beside(policy: Policy, phase: str) -> dict[str, torch.nn.Module]:
+    """What a checkpoint of ``phase`` holds beside the model: PPO's value head."""
+    return {"value_head": policy.value_head} if phase == "ppo" and policy.value_head is not None else {}
 
 
 def load_pairs(path: str, tokenizer: Any) -> list[Any]:
@@ -254,10 +264,12 @@ def load_pairs(path: str, tokenizer: Any) -> list[Any]:
 
 
 def needs_reference_copy(config: TrainConfig) -> bool:
-    """Whether the reference policy is a frozen copy of the starting policy: DPO's ``reference:
-    start``, and GRPO's KL reference under full fine-tuning (with LoRA it is the adapter disabled)."""
+    """Whether the reference policy is a frozen copy of the starting policy: DPO's and PPO's
+    ``reference: start``, and GRPO's KL reference under full fine-tuning (with LoRA it is the adapter disabled)."""
     if config.mode == "dpo":
         return config.dpo.reference == "start"
+    if config.mode == "ppo":
+        return config.ppo.kl_coef > 0 and config.ppo.reference == "start"
     if config.mode == "rft":
         return False
     return not config.lora.enabled and config.grpo.kl_beta > 0
@@ -393,12 +405,17 @@ class QuestionOrder:
         return indices
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig, phase: str, mode_steps: int):
-    """AdamW over the trainable parameters; the mode after SFT (GRPO, RFT, DPO): optim.lr with warm-up then
-    constant/cosine over its ``mode_steps``; SFT: constant sft.lr."""
+def build_optimizer(
+    model: torch.nn.Module, config: TrainConfig, phase: str, mode_steps: int, value_head: torch.nn.Module | None = None
+):
+    """AdamW over the trainable parameters; the mode after SFT (GRPO, RFT, DPO, PPO): optim.lr with
+    warm-up then constant/cosine over its ``mode_steps`` (PPO's value head in a group of its own at
+    ppo.value_lr); SFT: constant sft.lr."""
     params = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
     lr = config.sft.lr if phase == "sft" else optim.lr
+    if phase == "ppo" and value_head is not None:
+        params = [{"params": params}, {"params": list(value_head.parameters()), "lr": config.ppo.value_lr or lr}]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
     if phase == "sft":
         return optimizer, None
@@ -544,13 +561,14 @@ def train(
 
     step = 0
     phase = phase_of(1)
-    optimizer, scheduler = build_optimizer(model, config, phase, mode_steps)
+    optimizer, scheduler = build_optimizer(model, config, phase, mode_steps, policy.value_head)
     if checkpoint is not None:
         state = read_state(checkpoint)
         phase = phase_of(state["step"] + 1)
         same_phase = state["phase"] == phase
-        optimizer, scheduler = build_optimizer(model, config, phase, mode_steps)
-        load_checkpoint(checkpoint, model, optimizer if same_phase else None, scheduler if same_phase else None)
+        optimizer, scheduler = build_optimizer(model, config, phase, mode_steps, policy.value_head)
+        load_checkpoint(checkpoint, model, optimizer if same_phase else None, scheduler if same_phase else None,
+                        modules=trained_beside(policy, state["phase"]))
         step, order.cursor = state["step"], state["cursor"]
         if pair_order is not None:
             pair_order.cursor = state.get("pair_cursor", 0)
@@ -580,7 +598,7 @@ def train(
                 step += 1
                 if phase_of(step) != phase:  # SFT is over: the mode starts with a fresh optimizer
                     phase = phase_of(step)
-                    optimizer, scheduler = build_optimizer(model, config, phase, mode_steps)
+                    optimizer, scheduler = build_optimizer(model, config, phase, mode_steps, policy.value_head)
                     if policy.reference_model is not None:
                         save_reference(run_dir, model, policy.reference_model)
                 started = time.perf_counter()
@@ -621,7 +639,7 @@ def train(
                         {"cursor": order.cursor, "phase": phase,
                          **({"pair_cursor": pair_order.cursor} if pair_order is not None else {})},
                         to_dict(config), config.checkpoint.keep_last,
-                        tokenizer=tokenizer,
+                        tokenizer=tokenizer, modules=trained_beside(policy, phase),
                     )
                 if stop.requested and step < total_steps:
                     print(f"agentenv train: stopped after step {step} of {total_steps}; checkpoint {saved}\n"
@@ -684,6 +702,8 @@ def rollout_shape(config: TrainConfig) -> tuple[int, int]:
         return config.rft.questions_per_round, config.rft.samples_per_question
     if config.mode == "dpo":
         return config.dpo.questions_per_step, config.dpo.samples_per_question
+    if config.mode == "ppo":
+        return config.ppo.questions_per_step, config.ppo.samples_per_question
     return config.grpo.questions_per_step, config.grpo.group_size
 
 
@@ -841,5 +861,32 @@ def _dpo_update(step: int, config: TrainConfig, policy: Policy, optimizer: Any, 
     )
 
 
+def ppo_step(
+    step: int,
+    config: TrainConfig,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    engine: Any,
+    envs: list[Any],
+    step_questions: list[dict[str, Any]],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Rollout, PPO update of the policy and its value head, weight sync."""
+    batch, rollout_s = sample(step, config, policy, engine, envs, step_questions, config.ppo.samples_per_question)
+    episodes = [Episode(e.trajectory.token_ids, e.trajectory.policy_mask, e.reward, e.group) for e in batch.episodes]
+    started = time.perf_counter()
+    update = ppo_update(
+        policy.model, policy.value_head, optimizer, scheduler, episodes, config.ppo, policy.tokenizer.pad_token_id,
+        reference_model=policy.reference_model,
+        max_grad_norm=config.optim.max_grad_norm,
+        temperature=config.engine.temperature,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + step),
+    )
+    train_s = time.perf_counter() - started
+    trained_tokens = sum(len(e.trajectory) for e in batch.episodes)
+    return finish_step(step, config, policy, engine, run_dir, batch, rollout_s, update, train_s, trained_tokens)
+
+
 # What one step of each mode after the SFT warm start runs.
-STEPS = {"grpo": grpo_step, "rft": rft_step, "dpo": dpo_step}
+STEPS = {"grpo": grpo_step, "rft": rft_step, "dpo": dpo_step, "ppo": ppo_step}
