@@ -62,7 +62,8 @@ def test_experiment_trains_evaluates_reports_and_resumes(tmp_path, capsys):
         assert all(row["questions"] == n for row in rows.values())
         assert "reference_minus_row" in rows["agent (SFT)"] and "reference_minus_row" not in rows["agent (SFT + GRPO)"]
     assert results["budgets"]["agent (SFT + GRPO)"]["sft_examples"] == 4  # its warm start counts
-    assert results["budgets"]["agent (SFT + GRPO)"]["grpo_samples"] == 2 * 2 * 2
+    assert results["budgets"]["agent (SFT + GRPO)"]["samples"] == 2 * 2 * 2
+    assert results["budgets"]["agent (SFT + GRPO)"]["mode"] == "grpo"
     assert (out / "indexes" / "airports" / "index.json").is_file()
     table = (out / "results.md").read_text()
     assert "### geo (geo:test)" in table and "| agent (SFT) | 3 |" in table
@@ -95,3 +96,33 @@ def test_a_broken_experiment_config_names_the_problem(tmp_path, capsys):
     misordered = {**EXPERIMENT, "runs": {"grpo-agent": runs["grpo-agent"], "sft-agent": runs["sft-agent"]}}
     assert main(["experiment", "--config", str(write_experiment(tmp_path, misordered))]) == 2
     assert "starts from sft-agent, which is trained later" in capsys.readouterr().err
+
+
+def test_budget_counts_each_modes_steps_samples_and_optimizer_steps(tmp_path):
+    from agentenv.trainers.experiment import format_report, load_experiment, run_budget
+
+    runs = {
+        "sft-agent": ["mode=sft", "max_steps=2"],
+        "rft-agent": ["model.init_from=sft-agent", "mode=rft", "max_steps=3", "rft.questions_per_round=4",
+                      "rft.samples_per_question=8"],
+        "dpo-file": ["mode=dpo", "max_steps=2", "dpo.pairs=pairs.jsonl"],
+    }
+    rows = [{"name": name, "model": name, "mode": "agent"} for name in runs]
+    experiment = load_experiment(write_experiment(tmp_path, {**EXPERIMENT, "runs": runs, "rows": rows,
+                                                             "reference": "rft-agent"}))
+    logged = {
+        "sft-agent": [{"step": s, "phase": "sft", "time/step_s": 30.0} for s in (1, 2)],
+        "rft-agent": [{"step": 0, "time/dev_eval_s": 6.0}]
+        + [{"step": s, "phase": "rft", "update/optimizer_steps": 2.0, "time/step_s": 60.0} for s in (1, 2)]
+        + [{"step": 3, "phase": "rft", "update/skipped": 1.0, "time/step_s": 60.0}],  # nothing accepted
+        "dpo-file": [{"step": s, "phase": "dpo", "update/optimizer_steps": 1.0, "time/step_s": 6.0} for s in (1, 2)],
+    }
+    for name, records in logged.items():
+        experiment.run_dir(name).mkdir(parents=True)
+        (experiment.run_dir(name) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    rft = run_budget(experiment, "rft-agent")
+    assert rft == {"sft_steps": 2, "sft_examples": 4, "mode": "rft", "mode_steps": 3, "samples": 3 * 4 * 8,
+                   "optimizer_steps": 2 + 4, "wall_s": 60.0 + 186.0}
+    assert run_budget(experiment, "dpo-file")["samples"] == 0  # pairs read from a file: nothing sampled
+    table = format_report(experiment, {"sets": {}, "budgets": {"rft-agent": rft}})
+    assert "| rft-agent | 2 | 4 | 3 (rft) | 96 | 6 | 4.1 min |" in table

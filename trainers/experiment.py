@@ -263,25 +263,33 @@ def code_version() -> str | None:
 
 
 def run_budget(experiment: Experiment, name: str) -> dict[str, Any]:
-    """What a run cost: SFT episodes, GRPO samples, optimizer steps, wall time on this machine."""
+    """What a run cost: SFT steps and oracle examples; the steps of its mode after SFT (GRPO, RFT
+    rounds, DPO, PPO) and the trajectories they sampled (none for DPO on a file of pairs); optimizer
+    steps; wall time on this machine. A run started from another (``model.init_from``) includes it."""
+    from agentenv.trainers.train import rollout_shape
+
     config = run_config(experiment, name)
     path = experiment.run_dir(name) / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     steps = [r for r in records if "phase" in r]
     sft = [r for r in steps if r["phase"] == "sft"]
-    grpo = [r for r in steps if r["phase"] == "grpo"]
+    trained = [r for r in steps if r["phase"] != "sft"]
+    questions, samples = rollout_shape(config)
+    samples_each_step = 0 if config.mode == "dpo" and config.dpo.pairs else questions * samples
     budget = {
         "sft_steps": len(sft),
         "sft_examples": len(sft) * config.sft.questions_per_step,
-        "grpo_steps": len(grpo),
-        "grpo_samples": len(grpo) * config.grpo.questions_per_step * config.grpo.group_size,
+        "mode": config.mode,
+        "mode_steps": len(trained),
+        "samples": len(trained) * samples_each_step,
+        "optimizer_steps": len(sft) + int(sum(r.get("update/optimizer_steps", 0) for r in trained)),
         "wall_s": sum(r.get("time/step_s", 0.0) + r.get("time/dev_eval_s", 0.0) for r in records),
     }
     init_from = config.model.init_from
     parent = next((n for n in experiment.runs if init_from and Path(init_from) == experiment.run_dir(n)), None)
     if parent is not None:  # the row's budget includes its warm start
         before = run_budget(experiment, parent)
-        for key in ("sft_steps", "sft_examples", "wall_s"):
+        for key in ("sft_steps", "sft_examples", "optimizer_steps", "wall_s"):
             budget[key] += before[key]
     return budget
 
@@ -371,13 +379,15 @@ def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
         lines += [f"Note: the rows were evaluated by different versions of the code ({', '.join(versions)}); "
                   "results.json lists which.", ""]
     lines += ["### budget (training on this machine)", "",
-              "| method | SFT steps | SFT examples | GRPO steps | GRPO samples | wall time |", "|---|---:|---:|---:|---:|---:|"]
+              "| method | SFT steps | SFT examples | steps after SFT | samples generated | optimizer steps | wall time |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, b in results["budgets"].items():
         if b:
-            lines.append(f"| {name} | {b['sft_steps']} | {b['sft_examples']} | {b['grpo_steps']} | {b['grpo_samples']} | "
-                         f"{b['wall_s'] / 60:.1f} min |")
+            after = f"{b['mode_steps']} ({b['mode']})" if b["mode"] != "sft" else "0"
+            lines.append(f"| {name} | {b['sft_steps']} | {b['sft_examples']} | {after} | {b['samples']} | "
+                         f"{b['optimizer_steps']} | {b['wall_s'] / 60:.1f} min |")
         else:
-            lines.append(f"| {name} | 0 | 0 | 0 | 0 | — |")
+            lines.append(f"| {name} | 0 | 0 | 0 | 0 | 0 | — |")
     return "\n".join(lines) + "\n"
 
 
