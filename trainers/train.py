@@ -16,11 +16,11 @@ One step of ``mode: grpo`` (``rft``, ``dpo`` and ``ppo`` swap the update, ``STEP
 
 ``mode: dpo`` with ``dpo.pairs`` set reads pairs from that file instead of sampling (its own
 seeded order, ``pair_cursor`` in the checkpoint). With ``sft.steps > 0`` the first steps are SFT on
-oracle episodes (trainers/sft.py), drawn from the same question order; ``mode: sft`` runs only SFT. ``--resume`` continues from the newest complete
-checkpoint in the run folder with the same data order, the same next batch and the same RNG states,
-under the run's own ``config.yaml``: ``--config``/``--set`` on a resume may change how the run is
-logged and checkpointed and how far it goes, and anything else only with ``--allow-config-change``.
-Ctrl-C finishes the step in progress, checkpoints it and prints the command that resumes the run.
+oracle episodes (trainers/sft.py), drawn from the same question order; ``mode: sft`` runs only SFT.
+``--resume`` continues from the newest complete checkpoint in the run folder with the same data
+order, the same next batch and the same RNG states, under the run's own ``config.yaml``:
+``--config``/``--set`` on a resume may change how the run is logged and checkpointed and how far
+it goes, and anything else only with ``--allow-config-change``. Ctrl-C finishes the step in progress, checkpoints it and prints the command that resumes the run.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 class Policy:
     model: torch.nn.Module  # the trained model (a peft model with LoRA)
     tokenizer: Any
-    reference_model: torch.nn.Module | None  # a frozen copy: full fine-tuning with kl_beta > 0
+    reference_model: torch.nn.Module | None  # a frozen copy of the starting policy (needs_reference_copy)
     model_path: str | None  # where the engine loads the base weights from (None: tiny-random)
     dtype: torch.dtype
     value_head: torch.nn.Module | None = None  # PPO's V(s) on the model's last hidden state
@@ -265,7 +265,8 @@ def load_pairs(path: str, tokenizer: Any) -> list[Any]:
 
 def needs_reference_copy(config: TrainConfig) -> bool:
     """Whether the reference policy is a frozen copy of the starting policy: DPO's and PPO's
-    ``reference: start``, and GRPO's KL reference under full fine-tuning (with LoRA it is the adapter disabled)."""
+    ``reference: start``, and GRPO's KL reference under full fine-tuning (with LoRA, GRPO's
+    reference is the adapter disabled)."""
     if config.mode == "dpo":
         return config.dpo.reference == "start"
     if config.mode == "ppo":
