@@ -1,5 +1,6 @@
 """DPO on trajectory pairs: log-ratios over policy tokens only, by hand; pairs; the update."""
 
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -11,8 +12,6 @@ from agentenv.models import tiny_random_model
 from agentenv.trainers.config import ConfigError, load_config
 from agentenv.trainers.dpo import (
     DPOConfig,
-    Pair,
-    ScoredTrajectory,
     append_pairs,
     dpo_loss,
     dpo_update,
@@ -20,6 +19,7 @@ from agentenv.trainers.dpo import (
     read_pairs,
     sequence_logprobs,
 )
+from agentenv.trainers.reward_model import PreferencePair, read_preference_pairs
 from agentenv.trajectory import Trajectory
 
 # --- the loss by hand ------------------------------------------------------------------------------
@@ -95,56 +95,72 @@ def test_length_normalised_log_prob_is_the_mean_over_policy_tokens():
 # --- pairs -------------------------------------------------------------------------------------------
 
 
-def _episode(group, reward, ids):
+def _trajectory(*segments):
     trajectory = Trajectory()
-    trajectory.append("prompt", [1, 2])
-    trajectory.append("policy", ids)
-    return SimpleNamespace(group=group, reward=reward, trajectory=trajectory,
-                           question={"id": f"q{group}", "question": f"question {group}"})
+    for source, ids in segments:
+        trajectory.append(source, ids)
+    return trajectory
 
 
-def test_pairs_from_rollout_pair_the_best_with_the_worst_sample_of_each_question():
+def _episode(group, reward, ids):
+    return SimpleNamespace(group=group, reward=reward, trajectory=_trajectory(("prompt", [1, 2]), ("policy", ids)),
+                           question={"id": f"q{group}", "question": f"question {group}", "answers": ["x"]})
+
+
+def test_pairs_from_rollout_pair_the_best_with_the_worst_sample_of_each_question(tokenizer):
     episodes = [_episode(0, 0.1, [3]), _episode(0, 1.0, [4]), _episode(0, 1.0, [5]), _episode(0, 0.1, [6]),
                 _episode(1, 0.5, [7]), _episode(1, 0.5, [8]),  # all equal: no pair
                 _episode(2, 0.9, [9]), _episode(2, 0.0, [10])]
-    pairs = pairs_from_rollout(episodes)
-    assert [(p.question_id, p.chosen.token_ids[-1], p.rejected.token_ids[-1]) for p in pairs] == [
+    pairs = pairs_from_rollout(episodes, tokenizer)
+    assert [(p.question["id"], p.chosen_trajectory.token_ids[-1], p.rejected_trajectory.token_ids[-1]) for p in pairs] == [
         ("q0", 4, 3),  # the first of the equal best and of the equal worst
         ("q2", 9, 10),
     ]
-    assert pairs[0].chosen.policy_mask == [0, 0, 1]
-    assert [p.question_id for p in pairs_from_rollout(episodes, min_reward_gap=0.89)] == ["q0", "q2"]
-    assert [p.question_id for p in pairs_from_rollout(episodes, min_reward_gap=0.9)] == []
+    assert pairs[0].chosen_trajectory.policy_mask == [0, 0, 1]
+    assert (pairs[0].chosen_reward, pairs[0].rejected_reward) == (1.0, 0.1)
+    assert pairs[0].chosen == tokenizer.decode([4])  # the text, for reading and for TRL's readers
+    assert [p.question["id"] for p in pairs_from_rollout(episodes, tokenizer, min_reward_gap=0.89)] == ["q0", "q2"]
+    assert pairs_from_rollout(episodes, tokenizer, min_reward_gap=0.9) == []
 
 
-def test_pairs_round_trip_through_their_jsonl_file(tmp_path):
-    pairs = [Pair(ScoredTrajectory([1, 2, 3], [0, 1, 1], 1.0), ScoredTrajectory([1, 4], [0, 1], 0.1), "q7", "Q?")]
+def _preference_pair(chosen_ids, rejected_ids, chosen_reward=1.0, rejected_reward=0.0):
+    return PreferencePair(
+        chosen="c", rejected="r", prompt="p", question={"id": "q7", "question": "Q?"},
+        chosen_reward=chosen_reward, rejected_reward=rejected_reward,
+        chosen_trajectory=_trajectory(("prompt", [1]), ("policy", chosen_ids), ("tool", [5])),
+        rejected_trajectory=_trajectory(("prompt", [1]), ("policy", rejected_ids)),
+    )
+
+
+def test_pairs_round_trip_through_the_reward_models_pairs_format(tmp_path):
+    pairs = [_preference_pair([2, 3], [4])]
     path = tmp_path / "pairs.jsonl"
     append_pairs(path, 3, pairs)
     append_pairs(path, 4, pairs)
-    assert json.loads(path.read_text().splitlines()[1])["step"] == 4
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 4]
+    assert {"prompt", "chosen", "rejected", "chosen_segments", "rejected_segments"} <= set(records[0])
     assert read_pairs(path, vocab_size=10) == pairs * 2
+    assert read_preference_pairs(path) == pairs * 2  # what agentenv rm train reads
+
+
+GOOD = json.dumps({"chosen": "c", "rejected": "r",
+                   "chosen_segments": [{"source": "prompt", "token_ids": [1]}, {"source": "policy", "token_ids": [2]}],
+                   "rejected_segments": [{"source": "prompt", "token_ids": [1]}, {"source": "policy", "token_ids": [3]}]})
 
 
 @pytest.mark.parametrize(
     ("record", "message"),
     [
         ("not json", r"pairs\.jsonl:2: not JSON"),
-        ('{"chosen": {"token_ids": [1], "policy_mask": [1]}}', r":2: a pair needs 'chosen' and 'rejected'"),
-        ('{"chosen": {"token_ids": [1, 2], "policy_mask": [1]}, "rejected": {"token_ids": [1], "policy_mask": [1]}}',
-         r":2: chosen: 1 policy_mask entries for 2 token_ids"),
-        ('{"chosen": {"token_ids": [1], "policy_mask": [1]}, "rejected": {"token_ids": [1], "policy_mask": [0]}}',
-         r":2: rejected has no policy token"),
-        ('{"chosen": {"token_ids": [99], "policy_mask": [1]}, "rejected": {"token_ids": [1], "policy_mask": [1]}}',
-         r":2: chosen\.token_ids holds ids outside the tokenizer's vocabulary \(0 … 9\)"),
-        ('{"chosen": {"token_ids": ["a"], "policy_mask": [1]}, "rejected": {"token_ids": [1], "policy_mask": [1]}}',
-         r":2: chosen\.token_ids must be a list of integers"),
+        ('{"prompt": "p", "chosen": "a", "rejected": "b"}', r"pairs\.jsonl: pair 2 is text only; DPO needs both"),
+        (GOOD.replace("[2]", "[99]"), r"pair 2: chosen holds ids outside the tokenizer's vocabulary \(0 … 9\)"),
+        (GOOD.replace('"policy", "token_ids": [3]', '"tool", "token_ids": [3]'), r"pair 2: rejected has no policy segment"),
     ],
 )
-def test_a_pair_line_that_does_not_fit_names_the_file_line_and_field(tmp_path, record, message):
+def test_a_pair_that_does_not_fit_names_the_file_the_pair_and_the_side(tmp_path, record, message):
     path = tmp_path / "pairs.jsonl"
-    good = '{"chosen": {"token_ids": [1], "policy_mask": [1]}, "rejected": {"token_ids": [2], "policy_mask": [1]}}'
-    path.write_text(good + "\n" + record + "\n")
+    path.write_text(GOOD + "\n" + record + "\n")
     with pytest.raises(ValueError, match=message):
         read_pairs(path, vocab_size=10)
 
@@ -163,13 +179,17 @@ def test_dpo_config_is_checked():
 
 def _pairs(vocab, generator, tool_at_end=3):
     """Three pairs: prompt, policy, tool, policy, and a closing tool segment of ``tool_at_end`` tokens."""
-    def side(prompt, policy1, tool, policy2, reward):
-        ids = torch.randint(3, vocab, (prompt + policy1 + tool + policy2 + tool_at_end,), generator=generator).tolist()
-        mask = [0] * prompt + [1] * policy1 + [0] * tool + [1] * policy2 + [0] * tool_at_end
-        return ScoredTrajectory(ids, mask, reward)
+    def side(prompt, policy1, tool, policy2):
+        def ids(n):
+            return torch.randint(3, vocab, (n,), generator=generator).tolist()
+
+        return _trajectory(("prompt", ids(prompt)), ("policy", ids(policy1)), ("tool", ids(tool)),
+                           ("policy", ids(policy2)), ("tool", ids(tool_at_end)))
 
     shapes = [((5, 4, 3, 2), (5, 2, 3, 4)), ((6, 3, 0, 0), (6, 5, 2, 1)), ((5, 2, 2, 2), (5, 3, 1, 1))]
-    return [Pair(side(*chosen, 1.0), side(*rejected, 0.0), f"q{i}") for i, (chosen, rejected) in enumerate(shapes)]
+    return [PreferencePair("c", "r", question={"id": f"q{i}"}, chosen_reward=1.0, rejected_reward=0.0,
+                           chosen_trajectory=side(*chosen), rejected_trajectory=side(*rejected))
+            for i, (chosen, rejected) in enumerate(shapes)]
 
 
 def _update(tokenizer, pairs, config, lr=0.0, reference=True):
@@ -194,7 +214,9 @@ def test_the_starting_policy_as_reference_gives_margin_zero_and_loss_log_2(token
     assert metrics["dpo/margin"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["loss"] == pytest.approx(math.log(2), rel=1e-5)
     assert metrics["dpo/pairs"] == 3
-    assert metrics["update/policy_tokens"] == sum(sum(s.policy_mask) for p in pairs for s in (p.chosen, p.rejected))
+    sides = [side for p in pairs for side in (p.chosen_trajectory, p.rejected_trajectory)]
+    assert metrics["update/policy_tokens"] == sum(sum(side.policy_mask) for side in sides)
+    assert metrics["dpo/reward_gap"] == 1.0
     assert any(g.abs().sum() > 0 for g in grads.values())
 
 
@@ -206,11 +228,10 @@ def test_tool_tokens_get_no_loss(tokenizer):
     changed = []
     for pair in pairs:
         sides = []
-        for side in (pair.chosen, pair.rejected):
-            ids = list(side.token_ids)
-            ids[-3:] = torch.randint(3, len(tokenizer), (3,), generator=generator).tolist()
-            sides.append(ScoredTrajectory(ids, side.policy_mask, side.reward))
-        changed.append(Pair(*sides, pair.question_id))
+        for side in (pair.chosen_trajectory, pair.rejected_trajectory):
+            closing = torch.randint(3, len(tokenizer), (3,), generator=generator).tolist()
+            sides.append(_trajectory(*[(s.source, s.token_ids) for s in side.segments[:-1]], ("tool", closing)))
+        changed.append(dataclasses.replace(pair, chosen_trajectory=sides[0], rejected_trajectory=sides[1]))
     config = DPOConfig(micro_batch_size=3)
     _, grads, _ = _update(tokenizer, pairs, config)
     _, changed_grads, _ = _update(tokenizer, changed, config)
@@ -267,3 +288,5 @@ def test_a_run_trains_on_the_pairs_file_another_run_wrote(tmp_path):
     state = json.loads(next((tmp_path / "offline" / "checkpoints").glob("step_*/state.json")).read_text())
     assert state["pair_cursor"] == 6
     assert not (tmp_path / "offline" / "pairs.jsonl").exists()
+    with pytest.raises(ConfigError, match=r"dpo\.pairs: .*no such pairs file"):
+        train(load_config(None, [*offline, f"dpo.pairs={tmp_path / 'missing.jsonl'}"]), tmp_path / "missing")

@@ -25,7 +25,8 @@ step samples N trajectories for each of B questions and pairs, per question, the
 sample (chosen) with the lowest (rejected) when their rewards differ by more than
 ``min_reward_gap``: the first sample on ties (online DPO on the verifier's ranking; Xu et al. 2024
 pair best and worst of a reward model's ranking the same way). Those pairs are appended to
-``<run>/pairs.jsonl``, which another run can train on.
+``<run>/pairs.jsonl`` in the pairs format of ``trainers/reward_model.py`` (TRL's columns plus both
+trajectories' segments), which another DPO run, or ``agentenv rm train``, can train on.
 
 One update (``dpo_update``): log π_ref of both sides once, without gradients; then ``epochs`` passes
 over the pairs in shuffled minibatches, each one optimizer step, each split into micro-batches of
@@ -68,7 +69,7 @@ class DPOConfig:
     loss: str = "sigmoid"  # sigmoid: DPO | ipo
     length_normalize: bool = False  # log π(y) as the mean over policy tokens instead of the sum
     reference: str = "start"  # start: a frozen copy of the starting policy | base: LoRA adapter disabled
-    pairs: str | None = None  # a JSONL file of pairs (as <run>/pairs.jsonl); null: pairs from rollouts
+    pairs: str | None = None  # a pairs file with trajectories (<run>/pairs.jsonl, agentenv rm's); null: rollouts
     pairs_per_step: int = 8  # from a file: pairs per step
     questions_per_step: int = 4  # from rollouts: B
     samples_per_question: int = 4  # from rollouts: N (one pair per question: best and worst)
@@ -99,26 +100,17 @@ class DPOConfig:
 
 
 # --- pairs --------------------------------------------------------------------------------------------
+# One pairs format for the project: ``trainers/reward_model.py``'s (TRL's prompt/chosen/rejected
+# columns, plus the question, both rewards and both trajectories' segments), so the pairs a DPO run
+# writes train a reward model and the rollout pairs of ``agentenv rm`` train DPO. Imported where
+# used: reward_model.py imports the training config, which imports this module.
 
 
-@dataclass(frozen=True)
-class ScoredTrajectory:
-    token_ids: list[int]
-    policy_mask: list[int]
-    reward: float
+def pairs_from_rollout(episodes: Sequence[Any], tokenizer: Any, min_reward_gap: float = 0.0) -> list[Any]:
+    """One ``PreferencePair`` per question of a rollout (``trainers.rollout.Episode``s): its
+    highest-reward sample against its lowest, the first on ties, if r⁺ − r⁻ > ``min_reward_gap``."""
+    from agentenv.trainers.reward_model import rollout_pair
 
-
-@dataclass(frozen=True)
-class Pair:
-    chosen: ScoredTrajectory
-    rejected: ScoredTrajectory
-    question_id: str | None = None
-    question: str | None = None
-
-
-def pairs_from_rollout(episodes: Sequence[Any], min_reward_gap: float = 0.0) -> list[Pair]:
-    """One pair per question of a rollout (``trainers.rollout.Episode``s): its highest-reward sample
-    against its lowest, the first on ties, if r⁺ − r⁻ > ``min_reward_gap``."""
     by_group: dict[int, list[Any]] = defaultdict(list)
     for episode in episodes:
         by_group[episode.group].append(episode)
@@ -127,77 +119,48 @@ def pairs_from_rollout(episodes: Sequence[Any], min_reward_gap: float = 0.0) -> 
         best = max(members, key=lambda e: e.reward)  # max and min return the first of equals
         worst = min(members, key=lambda e: e.reward)
         if best.reward - worst.reward > min_reward_gap:
-            question = best.question
-            pairs.append(Pair(_scored(best), _scored(worst), question.get("id"), question.get("question")))
+            pairs.append(rollout_pair(best, worst, tokenizer))
     return pairs
 
 
-def _scored(episode: Any) -> ScoredTrajectory:
-    return ScoredTrajectory(episode.trajectory.token_ids, episode.trajectory.policy_mask, float(episode.reward))
+def append_pairs(path: str | Path, step: int, pairs: Sequence[Any]) -> None:
+    """Append ``pairs`` to a JSONL file in reward_model.py's format, each tagged with the ``step``."""
+    from agentenv.trainers.reward_model import pair_to_record
 
-
-def append_pairs(path: str | Path, step: int, pairs: Sequence[Pair]) -> None:
-    """Append ``pairs`` to a JSONL file, one pair per line, tagged with the training ``step``."""
     with Path(path).open("a") as file:
         for pair in pairs:
-            record = {
-                "step": step,
-                "question_id": pair.question_id,
-                "question": pair.question,
-                "chosen": _side_record(pair.chosen),
-                "rejected": _side_record(pair.rejected),
-            }
-            file.write(json.dumps(record) + "\n")
+            file.write(json.dumps({**pair_to_record(pair), "step": step}) + "\n")
 
 
-def _side_record(side: ScoredTrajectory) -> dict[str, Any]:
-    return {"reward": side.reward, "token_ids": list(side.token_ids), "policy_mask": list(side.policy_mask)}
+def read_pairs(path: str | Path, vocab_size: int | None = None) -> list[Any]:
+    """The pairs of a JSONL (or Parquet) file in reward_model.py's format that carry both
+    trajectories (``chosen_segments``, ``rejected_segments``): DPO scores the ids the policy
+    sampled and needs to know which of them it wrote. JSON only: nothing in the file is executed.
+    A pair that does not fit raises ValueError naming the file, the pair and the side."""
+    from agentenv.trainers.reward_model import read_preference_pairs
 
-
-def read_pairs(path: str | Path, vocab_size: int | None = None) -> list[Pair]:
-    """The pairs of a JSONL file in the format ``append_pairs`` writes (JSON only: nothing in the
-    file is executed). A line that does not fit raises ValueError naming the file, the line and
-    the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dpo.pairs: {path} is not a file")
-    pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not {"chosen", "rejected"} <= set(record):
-            raise ValueError(f"{where}: a pair needs 'chosen' and 'rejected' trajectories")
-        sides = [_read_side(record[name], f"{where}: {name}", vocab_size) for name in ("chosen", "rejected")]
-        question_id = record.get("question_id")
-        pairs.append(Pair(*sides, None if question_id is None else str(question_id), record.get("question")))
+    pairs = read_preference_pairs(path)
     if not pairs:
-        raise ValueError(f"dpo.pairs: {path} holds no pairs")
+        raise ValueError(f"{path} holds no pairs")
+    for number, pair in enumerate(pairs, 1):
+        where = f"{path}: pair {number}"
+        if pair.chosen_trajectory is None:
+            raise ValueError(
+                f"{where} is text only; DPO needs both trajectories' token ids and sources "
+                "('chosen_segments', 'rejected_segments'), as pairs from rollouts have them"
+            )
+        for side, trajectory in (("chosen", pair.chosen_trajectory), ("rejected", pair.rejected_trajectory)):
+            if vocab_size is not None and any(not 0 <= t < vocab_size for t in trajectory.token_ids):
+                raise ValueError(f"{where}: {side} holds ids outside the tokenizer's vocabulary (0 … {vocab_size - 1})")
+            if not any(trajectory.policy_mask):
+                raise ValueError(f"{where}: {side} has no policy segment: nothing the policy wrote to score")
     return pairs
 
 
-def _read_side(side: Any, where: str, vocab_size: int | None) -> ScoredTrajectory:
-    if not isinstance(side, dict) or not {"token_ids", "policy_mask"} <= set(side):
-        raise ValueError(f"{where} needs 'token_ids' and 'policy_mask'")
-    ids, mask = side["token_ids"], side["policy_mask"]
-    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-        raise ValueError(f"{where}.token_ids must be a list of integers")
-    if vocab_size is not None and any(not 0 <= t < vocab_size for t in ids):
-        raise ValueError(f"{where}.token_ids holds ids outside the tokenizer's vocabulary (0 … {vocab_size - 1})")
-    if not isinstance(mask, list) or any(m not in (0, 1) or isinstance(m, bool) for m in mask):
-        raise ValueError(f"{where}.policy_mask must be a list of 0 and 1")
-    if len(mask) != len(ids):
-        raise ValueError(f"{where}: {len(mask)} policy_mask entries for {len(ids)} token_ids")
-    if not any(mask):
-        raise ValueError(f"{where} has no policy token (policy_mask is all 0)")
-    reward = side.get("reward", 0.0)
-    if not isinstance(reward, int | float) or isinstance(reward, bool):
-        raise ValueError(f"{where}.reward must be a number, got {reward!r}")
-    return ScoredTrajectory(ids, mask, float(reward))
+def _reward_gap(pair: Any) -> float | None:
+    if pair.chosen_reward is None or pair.rejected_reward is None:
+        return None
+    return float(pair.chosen_reward) - float(pair.rejected_reward)
 
 
 # --- the loss -------------------------------------------------------------------------------------------
@@ -248,22 +211,23 @@ def dpo_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    pairs: Sequence[Pair],
+    pairs: Sequence[Any],
     config: DPOConfig,
     pad_id: int,
     reference_model: torch.nn.Module | None = None,
     max_grad_norm: float | None = 1.0,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """One DPO update on ``pairs``; returns its metrics. ``reference_model`` is π_ref when it is a
-    frozen copy; without it the LoRA ``model`` with its adapter disabled is."""
+    """One DPO update on ``pairs`` (``PreferencePair``s with both trajectories); returns its
+    metrics. ``reference_model`` is π_ref when it is a frozen copy; without it the LoRA ``model``
+    with its adapter disabled is."""
     config.validate()
     if not pairs:
         if scheduler is not None:
             scheduler.step()
         return {"update/skipped": 1.0, "dpo/pairs": 0.0}
     P = len(pairs)
-    sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]  # row i and row P + i: pair i
+    sides = [p.chosen_trajectory for p in pairs] + [p.rejected_trajectory for p in pairs]  # rows i, P + i: pair i
     batch = pad_trajectories([s.token_ids for s in sides], [s.policy_mask for s in sides], pad_id)
     every_row = torch.arange(len(batch))
     ref_module, ref_ctx = reference_context(model, reference_model)
@@ -311,7 +275,8 @@ def dpo_update(
         scheduler.step()
 
     optimizer_steps = config.epochs * math.ceil(P / minibatch_size)
-    return {
+    gaps = [gap for gap in map(_reward_gap, pairs) if gap is not None]
+    metrics = {
         "loss": sums["loss"] / optimizer_steps,
         "dpo/pairs": float(P),
         "dpo/margin": sums["margin"] / P,
@@ -320,10 +285,12 @@ def dpo_update(
         "dpo/rewards/rejected": sums["rejected_reward"] / P,
         "dpo/logp/chosen": sums["chosen_logp"] / P,
         "dpo/logp/rejected": sums["rejected_logp"] / P,
-        "dpo/reward_gap": sum(p.chosen.reward - p.rejected.reward for p in pairs) / P,
         "grad_norm": sum(grad_norms) / len(grad_norms),
         "update/optimizer_steps": float(optimizer_steps),
         "update/policy_tokens": full_mask.sum().item(),
         "update/sequences": float(len(batch)),
         "update/skipped": 0.0,
     }
+    if gaps:
+        metrics["dpo/reward_gap"] = sum(gaps) / len(gaps)
+    return metrics

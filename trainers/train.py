@@ -256,10 +256,10 @@ def trained_beside(policy: Policy, phase: str) -> dict[str, torch.nn.Module]:
 
 
 def load_pairs(path: str, tokenizer: Any) -> list[Any]:
-    """``dpo.pairs``: the pairs of a JSONL file; a line that does not fit is a ConfigError naming it."""
+    """``dpo.pairs``: the pairs of a file; one that does not fit is a ConfigError naming it."""
     try:
         return read_pairs(path, len(tokenizer))
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         raise ConfigError(f"dpo.pairs: {error}") from None
 
 
@@ -616,7 +616,7 @@ def train(
                 elif pairs is not None:
                     step_pairs = [pairs[i] for i in pair_order.take(config.dpo.pairs_per_step)]
                     metrics = dpo_pairs_step(step, config, policy, optimizer, scheduler, step_pairs)
-                    ids = [pair.question_id for pair in step_pairs]
+                    ids = [(pair.question or {}).get("id") for pair in step_pairs]
                 else:
                     indices = order.take(B)
                     metrics = STEPS[phase](
@@ -833,12 +833,12 @@ def dpo_step(
 ) -> dict[str, Any]:
     """Rollout, pairs by reward (appended to ``<run>/pairs.jsonl``), DPO update, weight sync."""
     batch, rollout_s = sample(step, config, policy, engine, envs, step_questions, config.dpo.samples_per_question)
-    pairs = pairs_from_rollout(batch.episodes, config.dpo.min_reward_gap)
+    pairs = pairs_from_rollout(batch.episodes, policy.tokenizer, config.dpo.min_reward_gap)
     append_pairs(run_dir / PAIRS_FILE, step, pairs)
     started = time.perf_counter()
     update = _dpo_update(step, config, policy, optimizer, scheduler, pairs)
     train_s = time.perf_counter() - started
-    trained_tokens = sum(len(p.chosen.token_ids) + len(p.rejected.token_ids) for p in pairs)
+    trained_tokens = sum(len(p.chosen_trajectory) + len(p.rejected_trajectory) for p in pairs)
     return finish_step(step, config, policy, engine, run_dir, batch, rollout_s, update, train_s, trained_tokens)
 
 
@@ -849,7 +849,7 @@ def dpo_pairs_step(
     started = time.perf_counter()
     update = _dpo_update(step, config, policy, optimizer, scheduler, pairs)
     train_s = time.perf_counter() - started
-    trained_tokens = sum(len(p.chosen.token_ids) + len(p.rejected.token_ids) for p in pairs)
+    trained_tokens = sum(len(p.chosen_trajectory) + len(p.rejected_trajectory) for p in pairs)
     return {**update, "time/train_s": train_s, "throughput/train_tokens_per_s": trained_tokens / max(train_s, 1e-9)}
 
 
