@@ -261,6 +261,14 @@ def token_logprobs(
     SmolLM2's 49k-word vocabulary is a fifth of its parameters. Without it, every target position is
     projected (``logits_to_keep`` still skips the prompt).
     """
+    # Batches are built on the CPU; a model on a GPU computes there and hands the per-token values
+    # back (``.to`` keeps the autograd graph), so the losses and masks stay where they were built.
+    home, device = input_ids.device, next(model.parameters()).device
+    if device != home:
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        target_mask = target_mask.to(device) if target_mask is not None else None
+        logp, entropy = token_logprobs(model, input_ids, attention_mask, start, temperature, with_entropy, target_mask)
+        return logp.to(home), entropy.to(home) if entropy is not None else None
     parts = decoder_and_head(model) if target_mask is not None else None
     if parts is None:
         keep = input_ids.shape[1] - start + 1
