@@ -359,6 +359,8 @@ class VLLMEngine:
     ):
         # Must be set before the engine is built: V1 would otherwise run its core in a spawned process.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # vLLM logs to stdout by default; stdout is for results (eval tables, probe's JSON lines).
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         from vllm import LLM
 
         from agentenv.models import resolve_model
