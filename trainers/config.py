@@ -207,6 +207,14 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read ``path`` (YAML; None: the defaults), apply ``key=value`` overrides, validate."""
+    config = _build(TrainConfig, read_config_data(path, overrides), prefix="")
+    validate(config)
+    return config
+
+
+def read_config_data(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The YAML mapping at ``path`` (None: empty) with ``key=value`` overrides applied, unchecked;
+    every typed config (training, reward model) builds itself from this."""
     data: dict[str, Any] = {}
     if path is not None:
         text = Path(path).read_text()
@@ -218,9 +226,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     for override in overrides:
         apply_override(data, override)
-    config = _build(TrainConfig, data, prefix="")
-    validate(config)
-    return config
+    return data
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

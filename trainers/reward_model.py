@@ -67,7 +67,7 @@ from agentenv.trainers.config import (
     LoRAConfig,
     OptimConfig,
     _build,
-    apply_override,
+    read_config_data,
     to_dict,
 )
 from agentenv.trainers.grpo import clip_grad_norm, lr_multiplier, micro_batches, pad_trajectories
@@ -148,17 +148,7 @@ class RewardModelConfig:
 
 def load_rm_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RewardModelConfig:
     """Read ``path`` (YAML; None: the defaults), apply ``key=value`` overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from error
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    for override in overrides:
-        apply_override(data, override)
-    config = _build(RewardModelConfig, data, prefix="")
+    config = _build(RewardModelConfig, read_config_data(path, overrides), prefix="")
     validate_rm_config(config)
     return config
 
