@@ -440,6 +440,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"agentenv experiment: error: {' '.join(error.cmd[2:5])} … failed (exit {error.returncode}); "
               "fix it and run the same command again: finished stages are reused", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # train() has checkpointed the step it was in (TrainingInterrupted)
+        print(f"\nagentenv experiment: stopped; the same command resumes it: agentenv experiment --config {args.config}",
+              file=sys.stderr)
+        return 130
     minutes = (time.perf_counter() - started) / 60
     print(f"experiment: done in {math.floor(minutes)} min; outputs in {experiment.out}", file=sys.stderr)
     return 0
