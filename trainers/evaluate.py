@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentenv.trainers.metrics import decode_segments
+from agentenv.trainers.metrics import transcript
 from agentenv.trainers.policy import PolicyNotFound
 
 MODES = ("closed-book", "rag", "agent")
@@ -207,32 +207,12 @@ def question_class(question: dict[str, Any]) -> str | None:
 
 
 def episode_record(mode: str, episode: Any, sample: int, tokenizer: Any) -> dict[str, Any]:
-    question = episode.question
-    trajectory = episode.trajectory
-    components = episode.reward_components
+    """The training transcript's layout (``metrics.transcript``) with the mode, class and sample."""
     return {
         "mode": mode,
-        "id": question.get("id"),
-        "kind": question.get("kind"),
-        "class": question_class(question),
-        "question": question["question"],
-        "answers": question["answers"],
+        "class": question_class(episode.question),
         "sample": sample,
-        "answer": episode.answer,
-        "exact_match": components.get("exact_match", 0.0),
-        "f1": components.get("f1", 0.0),
-        "reward": episode.reward,
-        "format_valid": bool(episode.format_valid),
-        "searches": episode.tool_calls.get("search", 0),
-        "calculator_calls": episode.tool_calls.get("calculator", 0),
-        "tool_calls": dict(episode.tool_calls),
-        "turns": episode.num_turns,
-        "finish_reason": episode.finish_reason,
-        "policy_tokens": trajectory.count("policy"),
-        "transcript": tokenizer.decode(trajectory.token_ids[trajectory.prompt_length :]),
-        # What `agentenv view` shows: every component, and the segments in the training layout.
-        "reward_components": components,
-        "segments": decode_segments(trajectory, tokenizer),
+        **transcript(episode, tokenizer),
     }
 
 
