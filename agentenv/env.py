@@ -42,6 +42,8 @@ FINISH_REASONS = ("answer", "untagged_answer", "max_turns", "max_tokens", "no_to
 class _Turn:
     parsed: ParsedTurn
     runnable: list[ToolCall] = field(default_factory=list)
+    # {"tool", "arguments", "ok", "output"} per call the policy wrote: what process rewards judge.
+    calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ToolEnv(gym.Env):
@@ -91,8 +93,9 @@ class ToolEnv(gym.Env):
         terminated: the policy gave an answer.
         truncated: out of turns, out of tokens, or (``on_no_call="end"``) a turn without a call.
         info: ``trajectory``, ``token_ids``, ``policy_mask``, ``tool_calls`` (per tool),
-            ``failed_tool_calls``, ``num_turns``, ``answer``, ``format_valid``, ``finish_reason``
-            (None while running), ``reward_components`` (once finished).
+            ``failed_tool_calls``, ``num_turns``, ``turns`` (per policy turn, its ``calls``: tool,
+            arguments, ok, output — what process rewards judge), ``answer``, ``format_valid``,
+            ``finish_reason`` (None while running), ``reward_components`` (once finished).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -249,12 +252,14 @@ class ToolEnv(gym.Env):
         runnable = {id(call) for call in turn.runnable}
         observations: list[str] = []
         for call in turn.parsed.tool_calls:
+            ok = False
             if call.error is not None:
                 self._failed_tool_calls += 1
                 self._policy_faults += 1
                 observations.append(f"Error: {call.error}")
             elif id(call) in runnable:
                 output = next(results)
+                ok = output.ok
                 self._tool_calls[call.name] += 1
                 self._failed_tool_calls += not output.ok
                 self._policy_faults += not output.ok and not output.unavailable
@@ -263,6 +268,7 @@ class ToolEnv(gym.Env):
                 self._failed_tool_calls += 1
                 self._policy_faults += 1
                 observations.append(f"Error: at most {self.max_calls_per_turn} tool calls per turn; this one was not run.")
+            turn.calls.append({"tool": call.name, "arguments": call.arguments, "ok": ok, "output": observations[-1]})
         return observations
 
     def _append_tool_output(self, observations: list[str]) -> None:
@@ -315,6 +321,7 @@ class ToolEnv(gym.Env):
             "tool_calls": dict(self._tool_calls),
             "failed_tool_calls": self._failed_tool_calls,
             "num_turns": len(self._turns),
+            "turns": [{"calls": list(turn.calls)} for turn in self._turns],
             "answer": self._answer,
             "format_valid": self._format_valid(finish_reason) if finish_reason else False,
             "finish_reason": finish_reason,

@@ -88,8 +88,8 @@ def _hand_loss_and_grad(logp, old, ref, mask, advantages, config, mode, max_len)
     token_loss = [[0.0] * t for _ in range(n)]
     token_grad = [[0.0] * t for _ in range(n)]
     for i in range(n):
-        A = advantages[i].item()
         for j in range(t):
+            A = (advantages[i, j] if advantages.dim() == 2 else advantages[i]).item()  # A_{i,t} or A_i
             rho = math.exp(logp[i, j].item() - old[i, j].item())
             clipped = min(max(rho, 1 - config.clip_eps_low), 1 + config.clip_eps_high)
             unclipped_term, clipped_term = rho * A, clipped * A
@@ -126,6 +126,20 @@ def test_loss_and_gradient_match_hand_computation(mode):
     loss = aggregate_loss(terms.loss, mask, mode, mask.sum().item(), 2, max_response_tokens=8)
     loss.backward()
     expected_loss, expected_grad = _hand_loss_and_grad(logp.detach(), old, ref, mask, advantages, config, mode, 8)
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-5)
+    torch.testing.assert_close(logp.grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_per_token_process_advantages_enter_the_loss_as_a_plus_p():
+    logp, old, ref, mask, advantages = _toy()
+    process = torch.tensor([[0.5, 0.0, 0.0, -3.0], [0.0, 0.25, 0.25, 0.0]])  # P_{i,t}: A + P flips a sign
+    config = GRPOConfig(clip_eps_low=0.2, clip_eps_high=0.28, kl_beta=0.1)
+    logp = logp.clone().requires_grad_(True)
+    per_token = advantages.unsqueeze(1) + process
+    terms = grpo_token_loss(logp, old, per_token, ref, config)
+    loss = aggregate_loss(terms.loss, mask, "token-mean", mask.sum().item(), 2)
+    loss.backward()
+    expected_loss, expected_grad = _hand_loss_and_grad(logp.detach(), old, ref, mask, per_token, config, "token-mean", 8)
     assert loss.item() == pytest.approx(expected_loss, rel=1e-5)
     torch.testing.assert_close(logp.grad, expected_grad, rtol=1e-5, atol=1e-7)
 

@@ -147,6 +147,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ppo.reference": REFERENCES,
     "optim.schedule": ("constant", "cosine"),
     "reward.answer": ("research", "f1", "exact_match"),
+    "reward.model_normalize": ("none", "group", "batch"),
 }
 
 # Numbers that must be at least this.
@@ -289,6 +290,12 @@ def validate(config: TrainConfig) -> None:
         config.reward.build()
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    if config.reward.model is not None:
+        folder = Path(config.reward.model)
+        if not (folder / "reward_model.json").is_file() and not (folder / "model" / "reward_model.json").is_file():
+            raise ConfigError(
+                f"reward.model: {config.reward.model!r} holds no reward_model.json (train one with `agentenv rm train`)"
+            )
 
 
 def _get(config: Any, key: str) -> Any:

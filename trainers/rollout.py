@@ -42,6 +42,7 @@ class Episode:
     tool_calls: dict[str, int]
     answer: str | None
     format_valid: bool = False
+    turns: list[dict[str, Any]] = field(default_factory=list)  # per turn, its calls (ToolEnv's info["turns"])
 
     @property
     def exact_match(self) -> float:
@@ -172,6 +173,7 @@ def rollout(
                 tool_calls=dict(info["tool_calls"]),
                 answer=info["answer"],
                 format_valid=info["format_valid"],
+                turns=list(info.get("turns", [])),
             )
         )
     batch.turn_finish_reasons = dict(turn_finish_reasons)
