@@ -329,6 +329,22 @@ def test_projecting_only_policy_positions_keeps_loss_and_gradients(tokenizer, mo
     torch.testing.assert_close(fast_params, full_params, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", LOSS_AGGREGATIONS)
+def test_the_path_before_the_lean_update_gives_the_same_update(tokenizer, mode):
+    # lean_update=False is bench/update.py's baseline: it must compute the same step, only slower.
+    results = []
+    for lean in (True, False):
+        model = tiny_random_model(tokenizer)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        config = GRPOConfig(loss_agg=mode, micro_batch_size=2, max_response_tokens=16, lean_update=lean)
+        metrics = grpo_update(model, optimizer, None, _episodes(len(tokenizer)), config, tokenizer.pad_token_id, max_grad_norm=None)
+        results.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (lean, lean_params), (before, before_params) = results
+    for key in ("loss", "entropy", "grad_norm"):
+        assert lean[key] == pytest.approx(before[key], rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(lean_params, before_params, rtol=1e-4, atol=1e-6)
+
+
 def test_micro_batches_group_similar_lengths_and_keep_every_row():
     from agentenv.trainers.grpo import micro_batches
 

@@ -75,6 +75,10 @@ class GRPOConfig:
     epochs: int = 1  # μ: passes over each batch
     minibatch_size: int | None = None  # sequences per optimizer step; None: the whole batch
     micro_batch_size: int = 4  # sequences per forward pass (gradient accumulation)
+    # False: the update as it was before issue 13 — the vocabulary projection at every position
+    # after the shortest prompt and micro-batches in batch order. The same loss and gradients;
+    # kept so bench/update.py can measure both paths in one run.
+    lean_update: bool = True
 
     def validate(self) -> None:
         if self.loss_agg not in LOSS_AGGREGATIONS:
@@ -459,7 +463,11 @@ def grpo_update(
             optimizer.zero_grad(set_to_none=True)
             minibatch_mask = batch.targets_mask(minibatch, int(batch.lengths[minibatch].max()))
             num_tokens, num_sequences = minibatch_mask.sum().item(), len(minibatch)
-            for rows in micro_batches(minibatch, batch.lengths, config.micro_batch_size):
+            if config.lean_update:
+                chunks = micro_batches(minibatch, batch.lengths, config.micro_batch_size)
+            else:
+                chunks = minibatch.split(config.micro_batch_size)
+            for rows in chunks:
                 width = int(batch.lengths[rows].max())
                 columns = width - batch.start
                 mask = batch.targets_mask(rows, width)
@@ -470,7 +478,7 @@ def grpo_update(
                     batch.start,
                     temperature,
                     with_entropy=epoch == 0,
-                    target_mask=mask,
+                    target_mask=mask if config.lean_update else None,
                 )
                 if single_pass:
                     old = logp.detach()
