@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from agentenv.trainers.config import ConfigError, load_config, to_dict
+from agentenv.trainers.config import ConfigError, load_config, training_changes
 
 MODES = ("agent", "rag", "closed-book")
 STAGES = ("train", "eval", "report")
@@ -156,21 +156,19 @@ def train_runs(experiment: Experiment) -> None:
         run_dir = experiment.run_dir(name)
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None:
-            if _what_matters(load_config(run_dir / "config.yaml")) != _what_matters(config):
+            # The rule of `agentenv train --resume`: a run may be lengthened or shortened (unless a
+            # cosine schedule's length is max_steps) and logged or checkpointed differently.
+            changes = training_changes(load_config(run_dir / "config.yaml"), config)
+            if changes:
                 raise ConfigError(
-                    f"{run_dir} was trained with another config than runs.{name} gives now; "
-                    "move it away or choose another --out"
+                    f"{run_dir} was trained with another config than runs.{name} gives now "
+                    f"({'; '.join(changes)}); move it away or choose another --out"
                 )
             if read_state(checkpoint)["step"] >= total_steps(config):
                 print(f"experiment: run {name} is complete ({checkpoint})", file=sys.stderr)
                 continue
         print(f"\n=== experiment: training {name} into {run_dir} ===", file=sys.stderr, flush=True)
         train(config, run_dir, resume=checkpoint is not None)
-
-
-def _what_matters(config) -> dict[str, Any]:
-    """A config without its ``logging`` section (progress bars, TensorBoard: not the result)."""
-    return {key: value for key, value in to_dict(config).items() if key != "logging"}
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -442,6 +440,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"agentenv experiment: error: {' '.join(error.cmd[2:5])} … failed (exit {error.returncode}); "
               "fix it and run the same command again: finished stages are reused", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # train() has checkpointed the step it was in (TrainingInterrupted)
+        print(f"\nagentenv experiment: stopped; the same command resumes it: agentenv experiment --config {args.config}",
+              file=sys.stderr)
+        return 130
     minutes = (time.perf_counter() - started) / 60
     print(f"experiment: done in {math.floor(minutes)} min; outputs in {experiment.out}", file=sys.stderr)
     return 0
