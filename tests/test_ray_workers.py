@@ -140,3 +140,19 @@ def test_training_on_two_workers_computes_what_it_computes_in_one_process(worker
     for key in ("reward/mean", "episode/response_tokens", "episode/turns", "loss"):
         assert pooled[key] == pytest.approx(alone[key], abs=1e-6), key
     assert pooled["time/sync_s"] > 0
+
+
+def test_weights_travel_as_arrays_and_come_back_bit_for_bit_in_bfloat16(tokenizer):
+    from agentenv.models import tiny_random_model
+    from agentenv.trainers.workers import RolloutWorker, weights_payload
+
+    model = tiny_random_model(tokenizer).to(torch.bfloat16)
+    payload = weights_payload(model)
+    assert {dtype for _, _, dtype in payload["weights"]} == {"bfloat16"}
+    received = TransformersEngine(tiny_random_model(tokenizer).to(torch.bfloat16), tokenizer)
+    with torch.no_grad():
+        for parameter in received.model.parameters():
+            parameter.zero_()
+    RolloutWorker.load_weights(type("Worker", (), {"engine": received})(), payload)  # the worker's method, no actor
+    for (name, sent), got in zip(model.state_dict().items(), received.model.state_dict().values(), strict=True):
+        assert torch.equal(sent, got), name

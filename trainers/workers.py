@@ -122,7 +122,7 @@ class RolloutWorker:
         }
 
     def load_weights(self, payload: dict[str, Any]) -> None:
-        """``{"weights": [(name, tensor), ...]}`` or ``{"adapter": {file name: bytes}}``."""
+        """``weights_payload``'s output: named arrays, or ``{"adapter": {file name: bytes}}``."""
         if "adapter" in payload:
             folder = self.engine.adapter_folder()
             folder.mkdir(parents=True)
@@ -130,7 +130,7 @@ class RolloutWorker:
                 (folder / name).write_bytes(data)
             self.engine.load_adapter(folder)
         else:
-            self.engine.load_weights(payload["weights"])
+            self.engine.load_weights([(name, _from_array(array, dtype)) for name, array, dtype in payload["weights"]])
 
     def rollout(
         self, questions: list[dict[str, Any]], group_size: int, sampling: SamplingConfig, episode_offset: int
@@ -472,16 +472,38 @@ def merge_batches(batches: list[RolloutBatch], first_groups: list[int], group_si
 
 
 def weights_payload(model: torch.nn.Module, adapter: bool = False) -> dict[str, Any]:
-    """What ``update_weights`` puts into the object store: ``{"weights": [(name, CPU tensor)]}``
+    """What ``update_weights`` puts into the object store: ``{"weights": [(name, array, dtype)]}``
     (a full model, or a LoRA model merged), or with ``adapter`` and a peft model the adapter's files
-    ``{"adapter": {name: bytes}}`` for engines that serve adapters."""
+    ``{"adapter": {name: bytes}}`` for engines that serve adapters.
+
+    Numpy arrays, not tensors: Ray stores arrays out of band and workers on the node map them
+    without a copy, while tensors are pickled. SmolLM2-135M's 651 MB took 0.9-1.0 s put and loaded
+    as arrays against 3.2-4.2 s as tensors (2 cores). bfloat16, which numpy lacks, travels as int16.
+    """
     from agentenv.trainers.engines import _is_peft_model
 
     if adapter and _is_peft_model(model):
         with tempfile.TemporaryDirectory(prefix="agentenv-adapter-") as folder:
             model.save_pretrained(folder)
             return {"adapter": {path.name: path.read_bytes() for path in Path(folder).iterdir() if path.is_file()}}
-    return {"weights": [(name, tensor.cpu()) for name, tensor in state_weights(model)]}
+    return {"weights": [(name, *_to_array(tensor)) for name, tensor in state_weights(model)]}
+
+
+def _to_array(tensor: torch.Tensor) -> tuple[Any, str]:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy(), "bfloat16"
+    return tensor.numpy(), str(tensor.dtype).removeprefix("torch.")
+
+
+def _from_array(array: Any, dtype: str) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():
+        # The object store's arrays are read-only; the engine copies them into its own weights.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
 
 def _cause(error: Exception) -> str:
