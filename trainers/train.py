@@ -7,6 +7,7 @@ One step of ``mode: grpo`` (``rft``, ``dpo`` and ``ppo`` swap the update, ``STEP
 
     questions = the next B question ids of a seeded, epoch-wise shuffled order (a cursor into it)
     batch     = rollout(engine, B·G environments, questions, G)       # trainers/rollout.py
+                (engine.workers: N → the same on N Ray workers          trainers/workers.py)
     metrics   = grpo_update(model, optimizer, ..., batch episodes)     # trainers/grpo.py
                 (rft: the verifier's filter, then SFT on what it kept    trainers/rft.py
                  dpo: best/worst pairs per question, the DPO loss       trainers/dpo.py
@@ -65,6 +66,7 @@ from agentenv.trainers.ppo import ValueHead, ppo_update
 from agentenv.trainers.rft import acceptance_stats, accepted, rft_update
 from agentenv.trainers.rollout import episode_stats, rollout
 from agentenv.trainers.sft import oracle_episode, sft_step
+from agentenv.trainers.workers import RolloutWorkers, WorkerError
 
 TINY_RANDOM = "tiny-random"
 PAIRS_FILE = "pairs.jsonl"  # mode: dpo from rollouts writes its pairs here, for dpo.pairs of another run
@@ -112,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"agentenv train: error: {error}", file=sys.stderr)
         return 2
+    except WorkerError as error:
+        print(f"agentenv train: error: {error}\nresume from the newest checkpoint with: {resume_command(run_dir)}",
+              file=sys.stderr)
+        return 1
     except TrainingInterrupted:
         return 130  # the checkpoint and the resume command are printed already
     except KeyboardInterrupt:
@@ -442,7 +448,10 @@ def build_optimizer(
 
 def build_engine(config: TrainConfig, policy: Policy, env: Any):
     """The rollout engine: transformers generates with the training model itself; vLLM loads its
-    own copy of the base weights and receives ours through ``update_weights``."""
+    own copy of the base weights and receives ours through ``update_weights``. With
+    ``engine.workers: N``, N Ray workers that each build one of these (``RolloutWorkers``)."""
+    if config.engine.workers > 0:
+        return RolloutWorkers(config)
     kind, why = choose_engine(config.engine.kind, policy.model_path)
     print(f"agentenv train: rollout engine {kind} ({why})", file=sys.stderr)
     kwargs = dict(config.engine.kwargs) if kind == "vllm" else {}
@@ -567,7 +576,8 @@ def train(
     pair_order = QuestionOrder(len(pairs), config.seed) if pairs else None
     samples = bool(mode_steps) and pairs is None  # the mode's steps roll out
     B, G = rollout_shape(config)
-    envs = make_envs(config, tokenizer, B * G if samples else 1)
+    # Rollout workers step environments of their own; the trainer's first one gives the limits.
+    envs = make_envs(config, tokenizer, B * G if samples and not config.engine.workers else 1)
     questions = envs[0].questions
     order = QuestionOrder(len(questions), config.seed)
     names = entity_names(config) if sft_steps else None
@@ -663,6 +673,8 @@ def train(
     finally:
         progress.close()
         logger.close()
+        if isinstance(engine, RolloutWorkers):
+            engine.close()
     return metrics
 
 
@@ -742,8 +754,11 @@ def sample(
     )
     policy.model.eval()
     started = time.perf_counter()
-    count = len(step_questions) * samples_per_question
-    batch = rollout(engine, envs[:count], step_questions, samples_per_question, sampling)
+    if isinstance(engine, RolloutWorkers):
+        batch = engine.rollout(step_questions, samples_per_question, sampling)
+    else:
+        count = len(step_questions) * samples_per_question
+        batch = rollout(engine, envs[:count], step_questions, samples_per_question, sampling)
     if policy.learned_reward is not None:
         policy.learned_reward.apply(batch.episodes)
     return batch, time.perf_counter() - started
