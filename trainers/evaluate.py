@@ -186,7 +186,8 @@ def evaluate_envs(
     bar = tqdm(total=len(questions), desc=f"eval {mode}", unit="q", file=sys.stderr, disable=not progress)
     for start in range(0, len(questions), questions_per_batch):
         chunk = questions[start : start + questions_per_batch]
-        batch = rollout(engine, envs[: len(chunk) * samples], chunk, samples, sampling)
+        # Episodes of later chunks continue the numbering: no two episodes share a random stream.
+        batch = rollout(engine, envs[: len(chunk) * samples], chunk, samples, sampling, episode_offset=start * samples)
         scores = score_trajectories([e.trajectory for e in batch.episodes]) if score_trajectories else None
         for index, episode in enumerate(batch.episodes):
             records.append(episode_record(mode, episode, index % samples, tokenizer))
