@@ -70,7 +70,7 @@ class ToolEnv(gym.Env):
             (terminated, finish reason ``untagged_answer``, format invalid) — how one-turn baselines
             are scored on models that ignore the answer tags.
         max_nudges: nudges per episode; the next turn without a call or an answer ends it as
-            ``no_tool_call``.
+            ``no_tool_call``, as does one on the last turn (a reminder would have no turn to act on).
 
     Why a capped nudge by default: for RL a turn of prose is a recoverable mistake. Ending the
     episode there scores the whole group's attempt at the format as 0 with nothing to learn from
@@ -232,7 +232,9 @@ class ToolEnv(gym.Env):
                 text = self.tokenizer.decode(self.trajectory.segments[-1].token_ids, skip_special_tokens=True)
                 self._answer = text.strip()
                 return self._finish("untagged_answer", terminated=True)
-            if self.on_no_call == "end" or self._nudges >= self.max_nudges:
+            # A reminder needs a turn to act on: on the last one, the episode ends here.
+            last_turn = len(self._turns) >= self.max_turns
+            if self.on_no_call == "end" or self._nudges >= self.max_nudges or last_turn:
                 return self._finish("no_tool_call", terminated=False)
             self._nudges += 1
             observations = ["No tool call or answer found. " + self.parser.instructions(self.tools)]

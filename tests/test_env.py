@@ -125,6 +125,14 @@ def test_turn_without_call_or_answer_is_nudged_once_then_ends(env, tokenizer):
     assert info["finish_reason"] == "no_tool_call" and reward == 0.0 and info["num_turns"] == 2
 
 
+def test_a_turn_without_a_call_on_the_last_turn_ends_without_a_reminder(tokenizer):
+    env = ToolEnv([calculator], tokenizer=tokenizer, max_turns=1)
+    env.reset(options=QUESTION)
+    *_, truncated, info = env.step("I am not sure.")
+    assert truncated and info["finish_reason"] == "no_tool_call"
+    assert info["trajectory"].sources[-1] == "policy"  # no reminder appended after the last turn
+
+
 def test_a_nudged_turn_is_not_a_format_error(env):
     env.reset(options=QUESTION)
     env.step("Let me think about Peru first.")
