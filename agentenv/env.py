@@ -42,6 +42,8 @@ FINISH_REASONS = ("answer", "untagged_answer", "max_turns", "max_tokens", "no_to
 class _Turn:
     parsed: ParsedTurn
     runnable: list[ToolCall] = field(default_factory=list)
+    # {"tool", "arguments", "ok", "output"} per call the policy wrote: what process rewards judge.
+    calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ToolEnv(gym.Env):
@@ -62,10 +64,28 @@ class ToolEnv(gym.Env):
         max_turn_tokens: the most tokens the policy may generate in one turn.
         max_observation_tokens: tool output beyond this many tokens per turn is cut.
         max_calls_per_turn: calls beyond this in one turn get an error instead of running.
-        on_no_call: a turn with neither a tool call nor an answer ``"end"``s the episode (truncated,
-            finish reason ``no_tool_call``), gets a ``"nudge"`` observation and the episode goes on,
-            or is taken as the ``"answer"`` (terminated, finish reason ``untagged_answer``, format
-            invalid) — how one-turn baselines are scored on models that ignore the answer tags.
+        on_no_call: a turn with neither a tool call nor an answer gets a ``"nudge"`` (the
+            default: an observation restating the format, and the episode goes on), ``"end"``s the
+            episode (truncated, finish reason ``no_tool_call``), or is taken as the ``"answer"``
+            (terminated, finish reason ``untagged_answer``, format invalid) — how one-turn baselines
+            are scored on models that ignore the answer tags.
+        max_nudges: nudges per episode; the next turn without a call or an answer ends it as
+            ``no_tool_call``, as does one on the last turn (a reminder would have no turn to act on).
+
+    Why a capped nudge by default: for RL a turn of prose is a recoverable mistake. Ending the
+    episode there scores the whole group's attempt at the format as 0 with nothing to learn from
+    the turns after it; Search-R1 answers such a turn with a reminder of the format and goes on.
+    The cap (1) keeps a policy that has stopped calling tools from spending every remaining turn
+    and token of the rollout on prose. A nudged turn is not a format error (thinking aloud is
+    allowed); every turn still counts against ``max_turns``.
+
+    What counts against the format (``format_valid`` False, so the ReSearch answer reward is 0):
+    no ``<answer>``, a malformed turn (unclosed tag, text after the answer, a call beside the
+    answer), and every failed call — an unknown tool, arguments that do not fit, a call over
+    ``max_calls_per_turn``, or one the tool refused (``1/0``, an empty query). A tool that is down
+    (``ToolUnavailable``: the retrieval server did not answer) is the infrastructure's failure, not
+    the policy's: it is counted in ``failed_tool_calls`` and shown to the policy, but leaves the
+    format valid, so a dead server does not teach the policy to stop searching.
 
     ``step`` returns ``obs, reward, terminated, truncated, info``:
         obs: int64 array, the whole context (prompt, turns and tool output so far).
@@ -73,8 +93,9 @@ class ToolEnv(gym.Env):
         terminated: the policy gave an answer.
         truncated: out of turns, out of tokens, or (``on_no_call="end"``) a turn without a call.
         info: ``trajectory``, ``token_ids``, ``policy_mask``, ``tool_calls`` (per tool),
-            ``failed_tool_calls``, ``num_turns``, ``answer``, ``format_valid``, ``finish_reason``
-            (None while running), ``reward_components`` (once finished).
+            ``failed_tool_calls``, ``num_turns``, ``turns`` (per policy turn, its ``calls``: tool,
+            arguments, ok, output — what process rewards judge), ``answer``, ``format_valid``,
+            ``finish_reason`` (None while running), ``reward_components`` (once finished).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -92,7 +113,8 @@ class ToolEnv(gym.Env):
         max_turn_tokens: int = 256,
         max_observation_tokens: int = 512,
         max_calls_per_turn: int = 2,
-        on_no_call: str = "end",
+        on_no_call: str = "nudge",
+        max_nudges: int = 1,
         render_mode: str | None = None,
     ):
         if isinstance(tokenizer, str | os.PathLike):
@@ -121,6 +143,9 @@ class ToolEnv(gym.Env):
         self.max_observation_tokens = max_observation_tokens
         self.max_calls_per_turn = max_calls_per_turn
         self.on_no_call = on_no_call
+        if max_nudges < 0:
+            raise ValueError(f"max_nudges must be at least 0, got {max_nudges}")
+        self.max_nudges = max_nudges
         self.render_mode = render_mode
         self.system_prompt = self._build_system_prompt(system_prompt)
         self._tool_turn_wrapper = self._chat_tool_turn() if self.parser.results_in_tool_turn else None
@@ -145,6 +170,8 @@ class ToolEnv(gym.Env):
         self._turns: list[_Turn] = []
         self._tool_calls: Counter[str] = Counter()
         self._failed_tool_calls = 0
+        self._policy_faults = 0  # failed calls that are the policy's doing (not ToolUnavailable)
+        self._nudges = 0
         self._answer: str | None = None
         self._pending = None
         self._done = False
@@ -201,12 +228,15 @@ class ToolEnv(gym.Env):
 
         observations = self._observations_for(turn, list(outputs))
         if not observations:
-            if self.on_no_call == "end":
-                return self._finish("no_tool_call", terminated=False)
             if self.on_no_call == "answer":
                 text = self.tokenizer.decode(self.trajectory.segments[-1].token_ids, skip_special_tokens=True)
                 self._answer = text.strip()
                 return self._finish("untagged_answer", terminated=True)
+            # A reminder needs a turn to act on: on the last one, the episode ends here.
+            last_turn = len(self._turns) >= self.max_turns
+            if self.on_no_call == "end" or self._nudges >= self.max_nudges or last_turn:
+                return self._finish("no_tool_call", terminated=False)
+            self._nudges += 1
             observations = ["No tool call or answer found. " + self.parser.instructions(self.tools)]
         self._append_tool_output(observations)
 
@@ -224,17 +254,23 @@ class ToolEnv(gym.Env):
         runnable = {id(call) for call in turn.runnable}
         observations: list[str] = []
         for call in turn.parsed.tool_calls:
+            ok = False
             if call.error is not None:
                 self._failed_tool_calls += 1
+                self._policy_faults += 1
                 observations.append(f"Error: {call.error}")
             elif id(call) in runnable:
                 output = next(results)
+                ok = output.ok
                 self._tool_calls[call.name] += 1
                 self._failed_tool_calls += not output.ok
+                self._policy_faults += not output.ok and not output.unavailable
                 observations.append(output.text)
             else:
                 self._failed_tool_calls += 1
+                self._policy_faults += 1
                 observations.append(f"Error: at most {self.max_calls_per_turn} tool calls per turn; this one was not run.")
+            turn.calls.append({"tool": call.name, "arguments": call.arguments, "ok": ok, "output": observations[-1]})
         return observations
 
     def _append_tool_output(self, observations: list[str]) -> None:
@@ -268,7 +304,11 @@ class ToolEnv(gym.Env):
         return self._observation(), float(reward), terminated, not terminated, info
 
     def _format_valid(self, finish_reason: str) -> bool:
-        return finish_reason == "answer" and all(turn.parsed.is_well_formed for turn in self._turns)
+        return (
+            finish_reason == "answer"
+            and self._policy_faults == 0
+            and all(turn.parsed.is_well_formed for turn in self._turns)
+        )
 
     def _observation(self) -> np.ndarray:
         return np.asarray(self.trajectory.token_ids, dtype=np.int64)
@@ -283,6 +323,7 @@ class ToolEnv(gym.Env):
             "tool_calls": dict(self._tool_calls),
             "failed_tool_calls": self._failed_tool_calls,
             "num_turns": len(self._turns),
+            "turns": [{"calls": list(turn.calls)} for turn in self._turns],
             "answer": self._answer,
             "format_valid": self._format_valid(finish_reason) if finish_reason else False,
             "finish_reason": finish_reason,

@@ -207,9 +207,11 @@ def geo_index_dir(show_progress: bool = True) -> Path:
 
 
 def make_search_tool(
-    index: Any = None, retriever_url: str | None = None, k: int = 3, max_tokens: int = 256, tokenizer: Any = None
+    index: Any = None, retriever_url: str | list[str] | None = None, k: int = 3, max_tokens: int = 256,
+    tokenizer: Any = None,
 ):
-    """The search tool over ``retriever_url``, an index folder or object, or the shipped geo index."""
+    """The search tool over ``retriever_url`` (one server, or a list that shares each turn's
+    queries), an index folder or object, or the shipped geo index."""
     from agentenv.tools.search import search_tool
 
     if retriever_url is not None:
@@ -227,7 +229,7 @@ def make_search_tool(
 
 def make_search_qa_env(
     index: Any = None,
-    retriever_url: str | None = None,
+    retriever_url: str | list[str] | None = None,
     questions: str | Sequence[dict[str, Any]] | None = "geo:train",
     k: int = 3,
     max_search_tokens: int = 256,
@@ -275,7 +277,7 @@ def _one_turn(env_kwargs: dict[str, Any], system_prompt: str) -> dict[str, Any]:
 
 def make_rag_qa_env(
     index: Any = None,
-    retriever_url: str | None = None,
+    retriever_url: str | list[str] | None = None,
     questions: str | Sequence[dict[str, Any]] | None = "geo:train",
     k: int = 3,
     max_search_tokens: int = 256,

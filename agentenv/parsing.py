@@ -17,8 +17,9 @@ Both end an episode with ``<answer>...</answer>`` (a ``\\boxed{...}`` inside is 
 ReSearch). Defined behaviour for malformed turns, identical in both parsers:
 
 * an unclosed call tag → a call with ``error`` set (the policy sees the error; no tool runs);
-* a call naming an unknown tool, arguments that are not a JSON object, or a value that does not
-  fit its type → a call with ``error``;
+* a call naming an unknown tool (in the tags syntax: any closed ``<name>…</name>`` that is not a
+  tool, the answer, the result tag or a reasoning tag of ``NOT_CALL_TAGS``), arguments that are
+  not a JSON object, or a value that does not fit its type → a call with ``error``;
 * several calls in one turn → all are returned in order (the environment caps how many run);
 * an answer → the turn's answer; calls in the same turn are dropped and flagged, text after
   ``</answer>`` is ignored and flagged. Flags land in ``ParsedTurn.format_errors``;
@@ -36,6 +37,8 @@ from typing import Any, Protocol
 from agentenv.tools.base import Tool
 
 ANSWER_TAG = "answer"
+# Tags a policy may write that are not calls: reasoning, as ReSearch and Search-R1 prompt it.
+NOT_CALL_TAGS = ("think", "reasoning")
 _BOXED = re.compile(r"\\boxed\{(.*)\}", re.DOTALL)
 
 
@@ -228,15 +231,25 @@ class TagParser:
     def parse(self, text: str, tools: dict[str, Tool]) -> ParsedTurn:
         before, answer, errors = _split_answer(text)
         calls: list[ToolCall] = []
-        if tools:
-            names = "|".join(re.escape(name) for name in sorted(tools, key=len, reverse=True))
-            for opening in re.finditer(rf"<({names})>", before):
-                tool_name = opening.group(1)
-                close = before.find(f"</{tool_name}>", opening.end())
+        # A known tool's name first at each position (names may hold any character), else any tag.
+        names = "".join(re.escape(name) + "|" for name in sorted(tools, key=len, reverse=True))
+        opening_tag = re.compile(rf"<({names}[A-Za-z_][\w.-]*)>")
+        position = 0
+        while (opening := opening_tag.search(before, position)) is not None:
+            name = opening.group(1)
+            close = before.find(f"</{name}>", opening.end())
+            position = opening.end()
+            if name in tools:
                 if close < 0:
-                    calls.append(ToolCall(tool_name, None, f"unclosed <{tool_name}> tag"))
+                    calls.append(ToolCall(name, None, f"unclosed <{name}> tag"))
                     continue
-                calls.append(self._call(tools[tool_name], before[opening.end() : close].strip()))
+                calls.append(self._call(tools[name], before[opening.end() : close].strip()))
+            elif close >= 0 and name not in (*NOT_CALL_TAGS, self.result_tag):
+                available = ", ".join(f"<{tool}>" for tool in tools) or "none"
+                calls.append(ToolCall(name, None, f"unknown tool <{name}>; the tools are: {available}"))
+            else:
+                continue
+            position = close + len(name) + 3  # a call's body is not searched for more calls
         return _answer_turn(answer, errors, calls)
 
     @staticmethod

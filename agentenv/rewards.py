@@ -149,11 +149,22 @@ class RewardConfig:
     search_cost_per_extra_call: float = 0.1
     search_cost_per_call: float = 0.0
     failed_call_cost: float = 0.0
+    # A learned term: a reward model's score of the finished trajectory, which the trainer adds in
+    # batches after each rollout (trainers/learned_reward.py); the environment never sees it.
+    model: str | None = None  # `agentenv rm train`'s run or model folder
+    model_weight: float = 1.0
+    model_normalize: str = "batch"  # none | group | batch
+    # Process rewards: term name -> weight, credit for single turns (agentenv/process_rewards.py),
+    # which GRPO adds to the advantages of the turn's tokens; {} for none.
+    process: dict[str, float] = field(default_factory=dict)
 
     def build(self) -> Reward:
         answers = {"research": research_answer_reward, "f1": f1_reward, "exact_match": exact_match_reward}
         if self.answer not in answers:
             raise ValueError(f"reward.answer must be one of {sorted(answers)}, got {self.answer!r}")
+        from agentenv.process_rewards import check_weights
+
+        check_weights(self.process)
         terms: list[tuple[str, RewardTerm, float]] = [
             (f"{self.answer}_answer" if self.answer != "research" else "research_answer",
              answers[self.answer], self.answer_weight),

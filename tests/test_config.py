@@ -90,3 +90,13 @@ def test_reward_section_is_the_environment_reward_config():
     assert config.reward == RewardConfig(search_free_calls=1, format_weight=0.5)
     with pytest.raises(ConfigError, match=r"reward\.answer"):
         load_config(None, ["reward.answer=bleu"])
+
+
+def test_rollout_worker_keys_are_checked_and_name_the_key():
+    assert load_config(None, ["engine.workers=2"]).engine.workers == 2
+    with pytest.raises(ConfigError, match=r"engine\.workers: -1 is too small; it must be at least 0"):
+        load_config(None, ["engine.workers=-1"])
+    with pytest.raises(ConfigError, match=r"engine\.worker_placement: 'pack' is not allowed; choose one of \['PACK'"):
+        load_config(None, ["engine.workers=2", "engine.worker_placement=pack"])
+    with pytest.raises(ConfigError, match=r"engine\.weight_sync: 'nccl' broadcasts to GPU workers; it needs .*worker_num_gpus > 0"):
+        load_config(None, ["engine.workers=2", "engine.weight_sync=nccl"])

@@ -97,6 +97,9 @@ def test_the_readme_env_trains_and_evaluates_from_the_cli(user_module, tmp_path,
     records = [json.loads(line) for line in (out / "transcripts-my-WordLength-v0.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == ["questions-0", "questions-1"]
     assert {r["mode"] for r in records} == {"my/WordLength-v0"}
+    # One transcript layout: an eval record is a training transcript with its own three keys.
+    assert set(records[0]) - set(transcript) == {"mode", "class", "sample"}
+    assert set(transcript) - set(records[0]) == {"step", "group"}
 
 
 def test_eval_env_kwargs_reach_the_environment_and_a_typo_is_named(user_module, tmp_path, tiny_model_dir, capsys):

@@ -162,6 +162,42 @@ def test_a_seed_makes_sampling_reproducible(engine, prompts):
     assert engine.generate(prompts, sampling) == engine.generate(prompts, sampling)
 
 
+def test_a_prompts_sample_depends_on_its_seed_not_on_the_other_prompts_of_the_call(engine, prompts):
+    # What lets a rollout split across workers sample the episodes of one process.
+    together = engine.generate(prompts, SamplingConfig(temperature=1.0, max_new_tokens=8, seeds=(7, 8, 9)))
+    alone = engine.generate(prompts[1:2], SamplingConfig(temperature=1.0, max_new_tokens=8, seeds=(8,)))[0]
+    assert alone.token_ids == together[1].token_ids
+    assert alone.logprobs == pytest.approx(together[1].logprobs, abs=1e-5)
+    # Without per-prompt seeds prompt i gets seed + i: the same stream as seeds=(seed + i,).
+    assert engine.generate(prompts, SamplingConfig(temperature=1.0, max_new_tokens=8, seed=7))[1].token_ids == alone.token_ids
+
+
+def test_gumbel_max_sampling_draws_from_the_reported_distribution(tokenizer):
+    # One prompt, one token, 400 seeds: the sampled tokens' frequencies follow the nucleus of
+    # softmax(logits / T). A tiny random model's logits are nearly flat; T = 0.02 leaves ~20 tokens.
+    temperature, top_p = 0.02, 0.9
+    model = tiny_random_model(tokenizer)
+    engine = TransformersEngine(model, tokenizer)
+    prompt = tokenizer.encode("Hi", add_special_tokens=False)
+    sampling = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=1, seeds=tuple(range(400)))
+    completions = engine.generate([prompt] * 400, sampling)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1].float() / temperature
+    probabilities = logits.softmax(-1)
+    order = probabilities.argsort(descending=True)
+    nucleus = order[: int((probabilities[order].cumsum(0) < top_p).sum()) + 1]
+    nucleus_probabilities = probabilities[nucleus] / probabilities[nucleus].sum()
+    counts = torch.zeros(len(nucleus))
+    for completion in completions:
+        [token] = completion.token_ids
+        assert token in nucleus.tolist()  # never outside top-p
+        counts[nucleus.tolist().index(token)] += 1
+        assert completion.logprobs[0] == pytest.approx(float(nucleus_probabilities[nucleus.tolist().index(token)].log()), abs=1e-4)
+    expected = 400 * nucleus_probabilities
+    chi_square = float(((counts - expected) ** 2 / expected).sum())
+    assert chi_square < 3 * len(nucleus) + 30  # far above the chi-square's mean (degrees of freedom)
+
+
 def test_generation_restores_train_mode(tokenizer, prompts):
     model = tiny_random_model(tokenizer)
     model.train()

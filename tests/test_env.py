@@ -116,19 +116,66 @@ def test_malformed_call_is_an_error_observation_and_invalidates_the_format(env, 
     assert info["reward_components"]["research_answer"] == 0.0
 
 
-def test_turn_without_call_or_answer_truncates_by_default(env):
+def test_turn_without_call_or_answer_is_nudged_once_then_ends(env, tokenizer):
     env.reset(options=QUESTION)
-    *_, reward, terminated, truncated, info = env.step("I am not sure.")
+    obs, reward, terminated, truncated, info = env.step("I am not sure.")
+    assert not (terminated or truncated) and "No tool call or answer found" in tokenizer.decode(obs)
+    *_, reward, terminated, truncated, info = env.step("Still not sure.")
     assert truncated and not terminated
-    assert info["finish_reason"] == "no_tool_call" and reward == 0.0
+    assert info["finish_reason"] == "no_tool_call" and reward == 0.0 and info["num_turns"] == 2
 
 
-def test_turn_without_call_can_nudge_instead(tokenizer):
-    env = ToolEnv([calculator], tokenizer=tokenizer, on_no_call="nudge")
+def test_a_turn_without_a_call_on_the_last_turn_ends_without_a_reminder(tokenizer):
+    env = ToolEnv([calculator], tokenizer=tokenizer, max_turns=1)
     env.reset(options=QUESTION)
-    obs, _, terminated, truncated, _ = env.step("I am not sure.")
-    assert not (terminated or truncated)
-    assert "No tool call or answer found" in tokenizer.decode(obs)
+    *_, truncated, info = env.step("I am not sure.")
+    assert truncated and info["finish_reason"] == "no_tool_call"
+    assert info["trajectory"].sources[-1] == "policy"  # no reminder appended after the last turn
+
+
+def test_a_nudged_turn_is_not_a_format_error(env):
+    env.reset(options=QUESTION)
+    env.step("Let me think about Peru first.")
+    *_, reward, terminated, _, info = env.step("<answer>Lima</answer>")
+    assert terminated and info["format_valid"] and reward == 1.0
+
+
+def test_turn_without_call_can_end_the_episode_instead(tokenizer):
+    env = ToolEnv([calculator], tokenizer=tokenizer, on_no_call="end")
+    env.reset(options=QUESTION)
+    *_, terminated, truncated, info = env.step("I am not sure.")
+    assert truncated and not terminated and info["finish_reason"] == "no_tool_call"
+
+
+def test_an_unknown_tool_tag_is_an_error_observation_against_the_format(env, tokenizer):
+    env.reset(options=QUESTION)
+    obs, _, terminated, truncated, info = env.step("<nosuchtool>Peru</nosuchtool>")
+    assert not (terminated or truncated) and info["failed_tool_calls"] == 1
+    assert "Error: unknown tool <nosuchtool>; the tools are: <search>, <calculator>" in tokenizer.decode(obs)
+    *_, reward, terminated, _, info = env.step("<answer>Lima</answer>")
+    assert terminated and not info["format_valid"] and reward == 0.0
+
+
+def test_a_failing_call_counts_against_the_format(env, tokenizer):
+    env.reset(options=QUESTION)
+    obs, *_, info = env.step("<calculator>1/0</calculator>")
+    assert "Error (calculator)" in tokenizer.decode(obs) and info["failed_tool_calls"] == 1
+    *_, reward, terminated, _, info = env.step("<answer>Lima</answer>")
+    assert terminated and not info["format_valid"]
+    assert info["reward_components"]["exact_match"] == 1.0 and reward == 0.0
+
+
+def test_a_tool_that_is_down_does_not_count_against_the_format(tokenizer):
+    from agentenv.tools import RetrieverClient, search_tool
+
+    # A real client to a port nobody listens on: the search fails as ToolUnavailable.
+    dead = RetrieverClient("http://127.0.0.1:9", timeout_s=1.0, max_retries=0)
+    env = ToolEnv([search_tool(dead)], tokenizer=tokenizer)
+    env.reset(options=QUESTION)
+    obs, *_, info = env.step("<search>Peru</search>")
+    assert "search failed" in tokenizer.decode(obs) and info["failed_tool_calls"] == 1
+    *_, reward, terminated, _, info = env.step("<answer>Lima</answer>")
+    assert terminated and info["format_valid"] and reward == 1.0
 
 
 def test_turn_without_tags_can_be_taken_as_the_answer(tokenizer):
@@ -222,10 +269,11 @@ def test_out_of_vocabulary_ids_are_rejected(env, tokenizer):
         env.step([len(tokenizer) + 5])
 
 
-def test_gymnasium_env_checker_passes(tokenizer):
-    # check_env calls step() with random token ids and insists the episode survive one step,
-    # so it runs with on_no_call="nudge"; the default ends such turns (tested above).
-    env = ToolEnv([calculator], tokenizer=tokenizer, questions=arithmetic_questions(20), on_no_call="nudge")
+@pytest.mark.parametrize("env_id", sorted(i for i in gym.registry if i.startswith("agentenv/")))
+def test_gymnasium_env_checker_passes_on_every_registered_id_with_its_defaults(env_id, tokenizer):
+    # check_env steps with random token ids and insists the episode survive one step: the
+    # default nudge (not ending the episode on a turn without a call) is what lets it.
+    env = gym.make(env_id, tokenizer=tokenizer).unwrapped
     check_env(env, skip_render_check=True)
 
 

@@ -88,8 +88,8 @@ def _hand_loss_and_grad(logp, old, ref, mask, advantages, config, mode, max_len)
     token_loss = [[0.0] * t for _ in range(n)]
     token_grad = [[0.0] * t for _ in range(n)]
     for i in range(n):
-        A = advantages[i].item()
         for j in range(t):
+            A = (advantages[i, j] if advantages.dim() == 2 else advantages[i]).item()  # A_{i,t} or A_i
             rho = math.exp(logp[i, j].item() - old[i, j].item())
             clipped = min(max(rho, 1 - config.clip_eps_low), 1 + config.clip_eps_high)
             unclipped_term, clipped_term = rho * A, clipped * A
@@ -126,6 +126,20 @@ def test_loss_and_gradient_match_hand_computation(mode):
     loss = aggregate_loss(terms.loss, mask, mode, mask.sum().item(), 2, max_response_tokens=8)
     loss.backward()
     expected_loss, expected_grad = _hand_loss_and_grad(logp.detach(), old, ref, mask, advantages, config, mode, 8)
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-5)
+    torch.testing.assert_close(logp.grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_per_token_process_advantages_enter_the_loss_as_a_plus_p():
+    logp, old, ref, mask, advantages = _toy()
+    process = torch.tensor([[0.5, 0.0, 0.0, -3.0], [0.0, 0.25, 0.25, 0.0]])  # P_{i,t}: A + P flips a sign
+    config = GRPOConfig(clip_eps_low=0.2, clip_eps_high=0.28, kl_beta=0.1)
+    logp = logp.clone().requires_grad_(True)
+    per_token = advantages.unsqueeze(1) + process
+    terms = grpo_token_loss(logp, old, per_token, ref, config)
+    loss = aggregate_loss(terms.loss, mask, "token-mean", mask.sum().item(), 2)
+    loss.backward()
+    expected_loss, expected_grad = _hand_loss_and_grad(logp.detach(), old, ref, mask, per_token, config, "token-mean", 8)
     assert loss.item() == pytest.approx(expected_loss, rel=1e-5)
     torch.testing.assert_close(logp.grad, expected_grad, rtol=1e-5, atol=1e-7)
 
@@ -313,6 +327,22 @@ def test_projecting_only_policy_positions_keeps_loss_and_gradients(tokenizer, mo
     for key in ("loss", "entropy", "ratio/mean", "grad_norm"):
         assert fast[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
     torch.testing.assert_close(fast_params, full_params, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGGREGATIONS)
+def test_the_path_before_the_lean_update_gives_the_same_update(tokenizer, mode):
+    # lean_update=False is bench/update.py's baseline: it must compute the same step, only slower.
+    results = []
+    for lean in (True, False):
+        model = tiny_random_model(tokenizer)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        config = GRPOConfig(loss_agg=mode, micro_batch_size=2, max_response_tokens=16, lean_update=lean)
+        metrics = grpo_update(model, optimizer, None, _episodes(len(tokenizer)), config, tokenizer.pad_token_id, max_grad_norm=None)
+        results.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (lean, lean_params), (before, before_params) = results
+    for key in ("loss", "entropy", "grad_norm"):
+        assert lean[key] == pytest.approx(before[key], rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(lean_params, before_params, rtol=1e-4, atol=1e-6)
 
 
 def test_micro_batches_group_similar_lengths_and_keep_every_row():

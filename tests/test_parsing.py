@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentenv.parsing import JsonParser, TagParser, make_parser, unwrap_answer
+from agentenv.parsing import JsonParser, TagParser, ToolCall, make_parser, unwrap_answer
 from agentenv.tools import Tool, calculator
 
 
@@ -43,9 +43,19 @@ class TestTags:
         assert turn.tool_calls[0].error == "unclosed <search> tag"
         assert not turn.is_well_formed
 
-    def test_unknown_tags_are_plain_text(self):
-        turn = self.parser.parse("<think>hmm</think> <lookup>x</lookup>", TOOLS)
+    def test_an_unknown_tool_tag_is_a_call_with_an_error(self):
+        turn = self.parser.parse("<think>hmm</think> <lookup>x</lookup> <search>Peru</search>", TOOLS)
+        assert [call.name for call in turn.tool_calls] == ["lookup", "search"]
+        assert turn.tool_calls[0].error == "unknown tool <lookup>; the tools are: <search>, <calculator>"
+        assert turn.tool_calls[1].arguments == {"query": "Peru"} and not turn.is_well_formed
+
+    def test_reasoning_result_and_unclosed_tags_are_plain_text(self):
+        turn = self.parser.parse("<think>hmm</think><reasoning>a</reasoning><result>x</result> a <b c", TOOLS)
         assert turn.tool_calls == [] and turn.answer is None and turn.is_well_formed
+
+    def test_a_call_body_is_not_searched_for_more_calls(self):
+        turn = self.parser.parse("<search>the <i>Lima</i> district</search>", TOOLS)
+        assert turn.tool_calls == [ToolCall("search", {"query": "the <i>Lima</i> district"})]
 
     def test_text_after_the_answer_is_ignored_and_flagged(self):
         turn = self.parser.parse("<answer>Lima</answer> and more", TOOLS)

@@ -413,6 +413,42 @@ def test_a_dead_server_is_an_error_observation_for_the_policy():
     assert outputs[0].text.startswith(f"Error (search): search failed: retriever at {url}/retrieve")
 
 
+@pytest.fixture(scope="module")
+def second_url():
+    """A second server whose passages carry a marked title: its answers show who answered."""
+    marked = [{**passage, "title": passage["title"] + " (B)"} for passage in PASSAGES]
+    with running_server(BM25Index.build(marked, show_progress=False)) as base_url:
+        yield base_url
+
+
+QUERIES = ["capital of Burkina Faso", "second city of Burkina Faso", "river in Africa", "city in France"]
+
+
+def test_several_servers_share_a_batch_in_order(url, second_url):
+    with RetrieverClient([url, second_url]) as client:
+        results = client.search_batch(QUERIES, k=1)
+    assert [hits[0].id for hits in results] == ["ouaga", "bobo", "nile", "lyon"]
+    assert [hits[0].title.endswith("(B)") for hits in results] == [False, False, True, True]
+
+
+def test_a_dead_server_among_several_is_skipped_and_its_queries_answered_elsewhere(url, second_url):
+    dead = f"http://127.0.0.1:{_free_port()}"
+    with RetrieverClient([url, dead, second_url], max_retries=0) as client:
+        first = client.search_batch(QUERIES[:3], k=1)
+        assert [hits[0].id for hits in first] == ["ouaga", "bobo", "nile"]
+        assert [hits[0].title.endswith("(B)") for hits in first] == [False, True, True]  # the dead one's query went on
+        assert client.servers[1].down_until > time.monotonic()  # and it is skipped from now on
+        second = client.search_batch(QUERIES, k=1)
+    assert [hits[0].title.endswith("(B)") for hits in second] == [False, False, True, True]
+
+
+def test_when_every_server_is_dead_the_batch_fails_naming_them():
+    dead = [f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"]
+    with RetrieverClient(dead, max_retries=0) as client:
+        with pytest.raises(RetrieverError, match=rf"every retriever failed: retriever at {dead[0]}/retrieve.*{dead[1]}/retrieve"):
+            client.search_batch(QUERIES, k=1)
+
+
 def test_a_server_slower_than_the_timeout_is_not_waited_for():
     class SlowHandler(_FlakyHandler):
         def do_POST(self):

@@ -48,12 +48,19 @@ class ToolError(Exception):
     """Raised by a tool for an expected failure; its message is what the policy reads."""
 
 
+class ToolUnavailable(ToolError):
+    """Raised when the tool itself is down (a retrieval server that does not answer): the policy
+    reads the message, but the failure is not held against its format (``ToolEnv``)."""
+
+
 @dataclass(frozen=True)
 class ToolOutput:
-    """One observation. ``ok`` is False when the call failed, so rewards can count bad calls."""
+    """One observation. ``ok`` is False when the call failed, so rewards can count bad calls;
+    ``unavailable`` when it failed because the tool was down, not because of the call."""
 
     text: str
     ok: bool = True
+    unavailable: bool = False
 
 
 @dataclass
@@ -153,7 +160,7 @@ class Tool:
                 results = None
             if results is not None:
                 for i, result in zip(valid, results, strict=True):
-                    outputs[i] = self._error(str(result)) if isinstance(result, ToolError) else ToolOutput(str(result))
+                    outputs[i] = self._error(result) if isinstance(result, ToolError) else ToolOutput(str(result))
                 valid = []
         for i in valid:
             outputs[i] = self._run_one(calls[i])
@@ -166,13 +173,14 @@ class Tool:
         try:
             return ToolOutput(str(self.function(**arguments)))
         except ToolError as error:
-            return self._error(str(error))
+            return self._error(error)
         except Exception as error:  # noqa: BLE001 - a tool bug must not crash the rollout
             return self._error(f"{type(error).__name__}: {error}")
 
-    def _error(self, message: str) -> ToolOutput:
+    def _error(self, error: str | ToolError) -> ToolOutput:
+        message = str(error)
         message = message if len(message) <= self.max_error_chars else message[: self.max_error_chars] + "…"
-        return ToolOutput(f"Error ({self.name}): {message}", ok=False)
+        return ToolOutput(f"Error ({self.name}): {message}", ok=False, unavailable=isinstance(error, ToolUnavailable))
 
 
 def tool(function: Callable[..., str] | None = None, *, name: str | None = None):

@@ -15,11 +15,19 @@ Documents carry ``contents = '"Title"\\ntext'`` (wiki-18) or separate ``title`` 
 errors and 5xx answers are retried with exponential backoff; whatever still fails raises
 :class:`RetrieverError` with the URL and the cause, which the search tool shows the policy as an
 error observation.
+
+Several servers (``RetrieverClient([url_1, url_2, ...])``, or ``retriever_url: [...]`` in an
+environment's kwargs) share each batch: a turn's queries are split into contiguous parts, one per
+server, sent at the same time. A server that cannot be reached (or times out) is skipped for
+``down_for_s`` and its part goes to the next live server; only when every server fails does the
+batch fail.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +39,11 @@ from agentenv.tools.bm25 import Hit
 
 class RetrieverError(RuntimeError):
     """The retrieval server could not be reached, refused the request, or answered nonsense."""
+
+
+class RetrieverDown(RetrieverError):
+    """The server could not be reached, kept failing (5xx) or did not answer in time: another
+    server may answer the same request."""
 
 
 def _hit_from_document(document: Any, score: float) -> Hit:
@@ -102,68 +115,98 @@ def parse_response(payload: Any, num_queries: int) -> list[list[Hit]]:
 
 
 class RetrieverClient:
-    """Search a retrieval server over HTTP, with pooled connections and bounded retries.
+    """Search one or several retrieval servers over HTTP, with pooled connections and bounded retries.
 
     Args:
         url: The server, e.g. ``http://127.0.0.1:8000`` (Search-R1 ``/retrieve`` is appended), or
-            a full endpoint URL ending in ``/retrieve`` or FlashRAG's ``/batch_search``.
+            a full endpoint URL ending in ``/retrieve`` or FlashRAG's ``/batch_search``; or a list
+            of such servers, which share every batch (the module docstring).
         timeout_s: Per-request timeout (connect, read, write). A timeout is not retried: a slow
             server would only get slower under repeated requests.
         max_retries: Extra attempts after a connection error or a 5xx answer.
         backoff_s: Wait before the first retry; doubles for each further one.
+        down_for_s: With several servers, how long one that failed is skipped.
 
     Thread-safe; close it (or use it as a context manager) to release its connections.
     """
 
     def __init__(
-        self, url: str, timeout_s: float = 10.0, max_retries: int = 3, backoff_s: float = 0.2
+        self, url: str | Sequence[str], timeout_s: float = 10.0, max_retries: int = 3, backoff_s: float = 0.2,
+        down_for_s: float = 30.0,
     ):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"url must look like http://host:port, got {url!r}")
-        path = parts.path.rstrip("/")
-        self.url = url.rstrip("/") + ("/retrieve" if not path else "")
-        self.flashrag = path.endswith("/batch_search")
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("url: give at least one retrieval server")
+        self.servers = [_Server(u) for u in urls]
+        self.url, self.flashrag = self.servers[0].url, self.servers[0].flashrag
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self.down_for_s = down_for_s
         self._http = httpx.Client(timeout=timeout_s)
+        self._pool = ThreadPoolExecutor(len(self.servers)) if len(self.servers) > 1 else None
 
     def search(self, query: str, k: int) -> list[Hit]:
         """The ``k`` best passages for one query."""
         return self.search_batch([query], k)[0]
 
     def search_batch(self, queries: list[str], k: int) -> list[list[Hit]]:
-        """The ``k`` best passages for each query, in one request. Raises :class:`RetrieverError`."""
+        """The ``k`` best passages for each query, in one request per server. Raises :class:`RetrieverError`."""
         if not queries:
             return []
-        if self.flashrag:
+        if self._pool is None:
+            return self._search(self.servers[0], queries, k)
+        now = time.monotonic()
+        live = [server for server in self.servers if server.down_until <= now] or self.servers
+        parts = _contiguous_parts(len(queries), len(live))
+        futures = [
+            self._pool.submit(self._search_with_failover, live, first, queries[start:stop], k)
+            for first, (start, stop) in enumerate(parts)
+        ]
+        return [hits for future in futures for hits in future.result()]
+
+    def _search_with_failover(self, live: list[_Server], first: int, queries: list[str], k: int) -> list[list[Hit]]:
+        """``queries`` on ``live[first]``, else on the next live servers in turn."""
+        problems = []
+        for server in live[first:] + live[:first]:
+            if server.down_until > time.monotonic() and server is not live[first]:
+                problems.append(f"retriever at {server.url} is down (it failed moments ago)")
+                continue  # found down by another part of this batch
+            try:
+                return self._search(server, queries, k)
+            except RetrieverDown as error:
+                server.down_until = time.monotonic() + self.down_for_s
+                problems.append(str(error))
+        raise RetrieverError(f"every retriever failed: {'; '.join(problems)}")
+
+    def _search(self, server: _Server, queries: list[str], k: int) -> list[list[Hit]]:
+        if server.flashrag:
             body = {"query": list(queries), "top_n": k, "return_score": True}
         else:
             body = {"queries": list(queries), "topk": k, "return_scores": True}
-        response = self._post(body)
+        response = self._post(server.url, body)
         try:
             return parse_response(response.json(), len(queries))
         except ValueError as error:
             raise RetrieverError(
-                f"retriever at {self.url} sent an unexpected response: {error}"
+                f"retriever at {server.url} sent an unexpected response: {error}"
             ) from None
 
-    def _post(self, body: dict[str, Any]) -> httpx.Response:
+    def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
         attempts = self.max_retries + 1
         for attempt in range(attempts):
             try:
-                response = self._http.post(self.url, json=body)
+                response = self._http.post(url, json=body)
             except httpx.TimeoutException:
-                raise RetrieverError(
-                    f"retriever at {self.url} did not answer within {self.timeout_s} s"
+                raise RetrieverDown(
+                    f"retriever at {url} did not answer within {self.timeout_s} s"
                 ) from None
             # RemoteProtocolError: the server closed a pooled keep-alive connection under us.
             except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
                 problem = f"cannot connect ({str(error) or type(error).__name__})"
             except httpx.TransportError as error:
                 raise RetrieverError(
-                    f"retriever at {self.url}: request failed ({type(error).__name__}: {error})"
+                    f"retriever at {url}: request failed ({type(error).__name__}: {error})"
                 ) from None
             else:
                 if response.status_code < 500:
@@ -172,23 +215,49 @@ class RetrieverClient:
             if attempt + 1 < attempts:
                 time.sleep(self.backoff_s * 2**attempt)
         else:
-            raise RetrieverError(
-                f"retriever at {self.url} failed after {attempts} attempt(s): {problem}"
+            raise RetrieverDown(
+                f"retriever at {url} failed after {attempts} attempt(s): {problem}"
             )
         if response.status_code >= 400:
             raise RetrieverError(
-                f"retriever at {self.url} refused the request (HTTP {response.status_code}): {_error_message(response)}"
+                f"retriever at {url} refused the request (HTTP {response.status_code}): {_error_message(response)}"
             )
         return response
 
     def close(self) -> None:
         self._http.close()
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def __enter__(self) -> RetrieverClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Server:
+    """One server's endpoint, its protocol, and until when it is skipped."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"url must look like http://host:port, got {url!r}")
+        path = parts.path.rstrip("/")
+        self.url = url.rstrip("/") + ("/retrieve" if not path else "")
+        self.flashrag = path.endswith("/batch_search")
+        self.down_until = 0.0
+
+
+def _contiguous_parts(count: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of up to ``parts`` contiguous, non-empty parts of ``count`` items."""
+    base, extra = divmod(count, parts)
+    bounds, start = [], 0
+    for part in range(min(parts, count)):
+        stop = start + base + (part < extra)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from agentenv.tools.base import Tool, ToolError
+from agentenv.tools.base import Tool, ToolError, ToolUnavailable
 from agentenv.tools.bm25 import Hit
 from agentenv.tools.retrieval_client import RetrieverError
 
@@ -134,7 +134,7 @@ def search_tool(
             try:
                 hits = retriever.search_batch([calls[i]["query"] for i in good], k)
             except RetrieverError as error:
-                raise ToolError(f"search failed: {error}") from None
+                raise ToolUnavailable(f"search failed: {error}") from None
             for i, passages in zip(good, hits, strict=True):
                 results[i] = format_passages(passages, max_tokens, count_tokens)
         return results

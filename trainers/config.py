@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
 from collections.abc import Sequence
@@ -55,6 +56,19 @@ class EngineConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to make_engine
+    # Rollout workers on Ray (trainers/workers.py, `pip install 'agentenv[ray]'`): each holds an
+    # engine of `kind` and its own environments; 0 rolls out in the training process.
+    workers: int = 0
+    worker_num_cpus: float = 1.0  # Ray resources of one worker (its placement-group bundle)
+    worker_num_gpus: float = 0.0
+    worker_placement: str = "PACK"  # placement-group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    worker_restarts: int = 3  # a worker that dies is restarted this many times per call, then the step fails
+    # null: a Ray already initialised in this process, else a local one; "auto": the cluster of
+    # `ray start`; or ray://host:10001.
+    ray_address: str | None = None
+    # How weights reach the workers after each update: object-store (ray.put once, every worker
+    # reads it) | nccl (a broadcast trainer -> engines; GPU workers only, untested without a GPU).
+    weight_sync: str = "object-store"
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("grpo", "sft", "rft", "dpo", "ppo"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "engine.kind": ENGINE_KINDS,
+    "engine.worker_placement": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+    "engine.weight_sync": ("object-store", "nccl"),
     "grpo.loss_agg": LOSS_AGGREGATIONS,
     "rft.keep": KEEP_RULES,
     "dpo.loss": DPO_LOSSES,
@@ -147,6 +163,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ppo.reference": REFERENCES,
     "optim.schedule": ("constant", "cosine"),
     "reward.answer": ("research", "f1", "exact_match"),
+    "reward.model_normalize": ("none", "group", "batch"),
 }
 
 # Numbers that must be at least this.
@@ -154,6 +171,10 @@ MINIMUM: dict[str, float] = {
     "max_steps": 0,
     "engine.temperature": 1e-6,
     "engine.top_p": 1e-6,
+    "engine.workers": 0,
+    "engine.worker_num_cpus": 0,
+    "engine.worker_num_gpus": 0,
+    "engine.worker_restarts": 0,
     "lora.r": 1,
     "optim.lr": 0,
     "optim.warmup_steps": 0,
@@ -207,7 +228,12 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read ``path`` (YAML; None: the defaults), apply ``key=value`` overrides, validate."""
-    config = _build(TrainConfig, read_config_data(path, overrides), prefix="")
+    return config_from_dict(read_config_data(path, overrides))
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A validated config from plain data (``to_dict``'s output: how a Ray worker receives it)."""
+    config = _build(TrainConfig, data, prefix="")
     validate(config)
     return config
 
@@ -272,6 +298,16 @@ def validate(config: TrainConfig) -> None:
         value = _get(config, key)
         if value < minimum:
             raise ConfigError(f"{key}: {value!r} is too small; it must be at least {minimum}")
+    if config.engine.workers > 0 and importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            f"engine.workers: {config.engine.workers} needs Ray, which is not installed: "
+            "pip install 'agentenv[ray]' (or set engine.workers: 0 to roll out in the training process)"
+        )
+    if config.engine.weight_sync == "nccl" and (config.engine.workers == 0 or config.engine.worker_num_gpus == 0):
+        raise ConfigError(
+            "engine.weight_sync: 'nccl' broadcasts to GPU workers; it needs engine.workers > 0 and "
+            "engine.worker_num_gpus > 0 (use 'object-store' otherwise)"
+        )
     if config.eval.limit is not None and config.eval.limit < 1:
         raise ConfigError(f"eval.limit: {config.eval.limit!r} is too small; it must be at least 1, or null for all")
     for section in (config.grpo, config.sft, config.rft, config.dpo, config.ppo):
@@ -289,6 +325,12 @@ def validate(config: TrainConfig) -> None:
         config.reward.build()
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    if config.reward.model is not None:
+        folder = Path(config.reward.model)
+        if not (folder / "reward_model.json").is_file() and not (folder / "model" / "reward_model.json").is_file():
+            raise ConfigError(
+                f"reward.model: {config.reward.model!r} holds no reward_model.json (train one with `agentenv rm train`)"
+            )
 
 
 def _get(config: Any, key: str) -> Any:

@@ -17,6 +17,14 @@ ratio needs for its old-policy term. ``temperature=0`` samples greedily and repo
 
 A completion keeps the stop string that ended it (the whole token that completed it; nothing after
 that token) and keeps the EOS token when one was sampled; padding is never returned.
+
+Seeds are per prompt (``SamplingConfig.seeds``, or ``seed + i`` for prompt ``i``): each prompt
+samples from a random stream of its own, so what a prompt gets depends on its seed and its context
+only, never on which other prompts share the call. That is what lets a rollout split across Ray
+workers (trainers/workers.py) sample exactly the episodes one process would.
+
+An engine that holds its own copy of the policy (vLLM; a Ray worker's transformers engine) takes
+new weights with ``load_weights(list of (name, tensor))``, named as the base model names them.
 """
 
 from __future__ import annotations
@@ -42,7 +50,9 @@ class SamplingConfig:
         top_p: nucleus sampling; 1.0 keeps the whole vocabulary.
         max_new_tokens: the most tokens per completion (a per-prompt limit may lower it).
         stop: strings that end a completion; the stop string stays in the output.
-        seed: makes sampling reproducible (prompt ``i`` of a call uses ``seed + i`` in vLLM).
+        seed: makes sampling reproducible: prompt ``i`` of a call uses ``seed + i``.
+        seeds: one seed per prompt of the call, in place of ``seed + i`` (the rollout driver gives
+            every episode a stream that depends on the episode and the turn, not on its position).
     """
 
     temperature: float = 1.0
@@ -50,6 +60,7 @@ class SamplingConfig:
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    seeds: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -61,6 +72,8 @@ class SamplingConfig:
         if isinstance(self.stop, str):
             raise TypeError(f"stop must be a tuple of strings, got the string {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(int(seed) for seed in self.seeds))
 
 
 @dataclass
@@ -106,6 +119,17 @@ def per_prompt_limits(prompts: list[list[int]], sampling: SamplingConfig, max_ne
     return [min(sampling.max_new_tokens, int(limit)) for limit in max_new_tokens]
 
 
+def prompt_seeds(prompts: list[list[int]], sampling: SamplingConfig) -> list[int] | None:
+    """Each prompt's seed: ``sampling.seeds``, else ``seed + i`` for prompt ``i``; None unseeded."""
+    if sampling.seeds is not None:
+        if len(sampling.seeds) != len(prompts):
+            raise ValueError(f"{len(sampling.seeds)} seeds for {len(prompts)} prompts")
+        return list(sampling.seeds)
+    if sampling.seed is None:
+        return None
+    return [sampling.seed + i for i in range(len(prompts))]
+
+
 def default_dtype(dtype: str | torch.dtype = "auto") -> torch.dtype:
     """``"auto"``: bfloat16 on a GPU, float32 on CPU (bf16 is slower than fp32 on our CPUs, DESIGN.md)."""
     if isinstance(dtype, torch.dtype):
@@ -131,7 +155,15 @@ class TransformersEngine:
     """``model.generate`` on the training model itself: for tests, tiny models, and no-vLLM machines.
 
     The engine holds a reference to the training model, not a copy, so it always samples from the
-    current weights and ``update_weights`` has nothing to do.
+    current weights and ``update_weights`` has nothing to do. A Ray worker's engine holds a model of
+    its own instead and receives the trainer's weights through ``load_weights``.
+
+    Sampling is Gumbel-max, one ``torch.Generator`` per row: ``generate`` decodes greedily from the
+    processed scores s (after temperature and top-p) plus noise g = −log(−log U) drawn from the
+    row's own generator, and argmax(s + g) is an exact sample of softmax(s). ``generate``'s own
+    sampler draws every row from one global stream, so a row's sample would depend on how many
+    rows share the call and in which order; here it depends on the row's seed and context only.
+    The logprob is read from s, before the noise.
 
     The sampled token's logprob is taken at every step from that step's scores and the scores are
     dropped: asking ``generate`` for ``output_scores`` instead keeps steps x prompts x vocabulary
@@ -160,6 +192,11 @@ class TransformersEngine:
         if model is not self.model:
             raise ValueError("TransformersEngine generates with the model it was built with; pass that same model")
 
+    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """Copy ``weights`` (every tensor of the model's state dict, by name) into the engine's model."""
+        with torch.no_grad():
+            self.model.load_state_dict(dict(weights), strict=True)
+
     def generate(
         self, prompts: list[list[int]], sampling: SamplingConfig, max_new_tokens: list[int] | None = None
     ) -> list[Completion]:
@@ -183,16 +220,14 @@ class TransformersEngine:
             if sampling.top_p < 1.0:
                 processors.append(TopPLogitsWarper(sampling.top_p))
         processors.append(recorder.score_tap)
-        # Neutral values for every filter generate() would add: it fills unset fields from the
-        # checkpoint's generation_config.json (Qwen2.5's sets top_k=20, temperature=0.7), which
-        # would change the distribution we report logprobs of.
+        if sampling.temperature > 0:
+            processors.append(_GumbelNoise(prompt_seeds(prompts, sampling)))
+        # generate() fills unset fields from the checkpoint's generation_config.json (Qwen2.5's sets
+        # top_k=20, temperature=0.7), which would change the distribution we report logprobs of.
+        # Decoding greedily, it adds none of its sampling filters; those that apply to greedy
+        # decoding too are set to neutral values below.
         config = GenerationConfig(
-            do_sample=sampling.temperature > 0,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            min_p=0.0,
-            typical_p=1.0,
+            do_sample=False,  # sampling is the Gumbel noise above: argmax(s + g) ~ softmax(s)
             max_new_tokens=max(limits),
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -202,8 +237,6 @@ class TransformersEngine:
             no_repeat_ngram_size=0,
             min_length=0,
         )
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -254,6 +287,25 @@ class _ScoreTap:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self.scores = scores
         return scores
+
+
+class _GumbelNoise:
+    """The processor after the score tap: adds g = −log(−log U) to every row's scores, U uniform
+    from the row's own generator (the global stream when unseeded); the greedy pick that follows is
+    then a sample of softmax(scores). Scores of −inf (outside the nucleus) stay −inf."""
+
+    def __init__(self, seeds: list[int] | None):
+        self.generators = None if seeds is None else [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        shape = scores.shape
+        if self.generators is None:
+            uniform = torch.rand(shape, dtype=torch.float32)
+        else:
+            uniform = torch.stack([torch.rand(shape[1], generator=g, dtype=torch.float32) for g in self.generators])
+        # U = 0 would give g = −inf: draw from (0, 1) instead of [0, 1).
+        uniform = uniform.clamp_min_(torch.finfo(torch.float32).tiny)
+        return scores + (-torch.log(-torch.log(uniform))).to(scores.device, scores.dtype)
 
 
 class _FinishRecorder:
@@ -418,6 +470,7 @@ class VLLMEngine:
         limits = per_prompt_limits(prompts, sampling, max_new_tokens)
         if not prompts:
             return []
+        seeds = prompt_seeds(prompts, sampling)
         params = [
             SamplingParams(
                 n=1,
@@ -428,7 +481,7 @@ class VLLMEngine:
                 include_stop_str_in_output=True,
                 logprobs=0,  # 0 = only the sampled token's logprob
                 # Distinct per prompt: a group repeats one prompt G times and must get G samples.
-                seed=None if sampling.seed is None else sampling.seed + i,
+                seed=None if seeds is None else seeds[i],
             )
             for i, limit in enumerate(limits)
         ]
@@ -450,15 +503,33 @@ class VLLMEngine:
         if _is_peft_model(model) and self.lora_rank is not None:
             self._push_adapter(model)
         else:
-            with torch.no_grad():
-                if _is_peft_model(model):
-                    weights = merged_weights(model)
-                else:
-                    weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
-            # The full model is now the policy: an adapter pushed earlier must not ride on top of it.
-            self._drop_adapter()
+            self.load_weights(state_weights(model))
+
+    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """Make ``weights`` (a full state dict, base-model names) the policy; what ``update_weights``
+        does with a model, for weights that arrive without one (a Ray worker's)."""
+        with torch.no_grad():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        # The full model is now the policy: an adapter pushed earlier must not ride on top of it.
+        self._drop_adapter()
         self.llm.reset_prefix_cache()
+
+    def load_adapter(self, path: str | os.PathLike) -> None:
+        """Serve the peft adapter saved in ``path`` (``save_pretrained``'s folder; the engine owns
+        it from now on and deletes it when the next one arrives)."""
+        if self.lora_rank is None:
+            raise ValueError("got a LoRA adapter, but the VLLMEngine was created without lora_rank=")
+        from vllm.lora.request import LoRARequest
+
+        self._drop_adapter()  # vLLM has loaded it already, or never will
+        self._adapter_version += 1
+        # A fresh id makes vLLM load the adapter instead of reusing the cached one of that name.
+        self._lora_request = LoRARequest(f"policy-{self._adapter_version}", self._adapter_version, str(path))
+        self.llm.reset_prefix_cache()
+
+    def adapter_folder(self) -> Path:
+        """A fresh folder for the next adapter (``load_adapter`` takes it over)."""
+        return Path(self._adapter_root.name) / f"step-{self._adapter_version + 1}"
 
     def _drop_adapter(self) -> None:
         if self._lora_request is not None:
@@ -468,14 +539,18 @@ class VLLMEngine:
     def _push_adapter(self, model: torch.nn.Module) -> None:
         if self.lora_rank is None:
             raise ValueError("update_weights got a peft model, but the VLLMEngine was created without lora_rank=")
-        from vllm.lora.request import LoRARequest
-
-        self._drop_adapter()  # vLLM has loaded it already, or never will
-        self._adapter_version += 1
-        path = Path(self._adapter_root.name) / f"step-{self._adapter_version}"
+        path = self.adapter_folder()
         model.save_pretrained(path)
-        # A fresh id makes vLLM load the adapter instead of reusing the cached one of that name.
-        self._lora_request = LoRARequest(f"policy-{self._adapter_version}", self._adapter_version, str(path))
+        self.load_adapter(path)
+
+
+def state_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """What an engine with its own copy of the policy loads: a full model's state dict, or for a
+    peft LoRA model the base weights with the adapter merged in (``merged_weights``)."""
+    with torch.no_grad():
+        if _is_peft_model(model):
+            return merged_weights(model)
+        return [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
 
 
 ENGINE_KINDS = ("auto", "vllm", "transformers")

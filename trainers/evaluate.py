@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentenv.trainers.metrics import decode_segments
+from agentenv.trainers.metrics import transcript
 from agentenv.trainers.policy import PolicyNotFound
 
 MODES = ("closed-book", "rag", "agent")
@@ -123,6 +123,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "valid_format": _mean(question_mean("format_valid")),
         "policy_tokens": _mean(question_mean("policy_tokens")),
     }
+    if records and all("reward_model_score" in r for r in records):
+        summary["reward_model_score"] = _mean(question_mean("reward_model_score"))
     kinds: dict[str, list[float]] = defaultdict(list)
     for rs in by_question.values():
         kinds[rs[0].get("kind") or "unknown"].append(sum(r["exact_match"] for r in rs) / len(rs))
@@ -184,7 +186,8 @@ def evaluate_envs(
     bar = tqdm(total=len(questions), desc=f"eval {mode}", unit="q", file=sys.stderr, disable=not progress)
     for start in range(0, len(questions), questions_per_batch):
         chunk = questions[start : start + questions_per_batch]
-        batch = rollout(engine, envs[: len(chunk) * samples], chunk, samples, sampling)
+        # Episodes of later chunks continue the numbering: no two episodes share a random stream.
+        batch = rollout(engine, envs[: len(chunk) * samples], chunk, samples, sampling, episode_offset=start * samples)
         scores = score_trajectories([e.trajectory for e in batch.episodes]) if score_trajectories else None
         for index, episode in enumerate(batch.episodes):
             records.append(episode_record(mode, episode, index % samples, tokenizer))
@@ -207,32 +210,12 @@ def question_class(question: dict[str, Any]) -> str | None:
 
 
 def episode_record(mode: str, episode: Any, sample: int, tokenizer: Any) -> dict[str, Any]:
-    question = episode.question
-    trajectory = episode.trajectory
-    components = episode.reward_components
+    """The training transcript's layout (``metrics.transcript``) with the mode, class and sample."""
     return {
         "mode": mode,
-        "id": question.get("id"),
-        "kind": question.get("kind"),
-        "class": question_class(question),
-        "question": question["question"],
-        "answers": question["answers"],
+        "class": question_class(episode.question),
         "sample": sample,
-        "answer": episode.answer,
-        "exact_match": components.get("exact_match", 0.0),
-        "f1": components.get("f1", 0.0),
-        "reward": episode.reward,
-        "format_valid": bool(episode.format_valid),
-        "searches": episode.tool_calls.get("search", 0),
-        "calculator_calls": episode.tool_calls.get("calculator", 0),
-        "tool_calls": dict(episode.tool_calls),
-        "turns": episode.num_turns,
-        "finish_reason": episode.finish_reason,
-        "policy_tokens": trajectory.count("policy"),
-        "transcript": tokenizer.decode(trajectory.token_ids[trajectory.prompt_length :]),
-        # What `agentenv view` shows: every component, and the segments in the training layout.
-        "reward_components": components,
-        "segments": decode_segments(trajectory, tokenizer),
+        **transcript(episode, tokenizer),
     }
 
 
@@ -357,7 +340,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how --best-of selects: verifier (the env's reward: an oracle upper bound), majority "
                              "(the most frequent normalised answer), reward-model (the highest learned score)")
     parser.add_argument("--reward-model", default=None, metavar="PATH",
-                        help="a reward model from `agentenv rm train` (its run or model folder), for --select reward-model")
+                        help="a reward model from `agentenv rm train` (its run or model folder): scores every episode "
+                             "(reward_model_score in the records and the summary), and --select reward-model picks by it")
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--max-turn-tokens", type=int, default=128)
     parser.add_argument("--max-total-tokens", type=int, default=1536)
@@ -447,8 +431,6 @@ def check_inputs(args: argparse.Namespace) -> None:
         folder = Path(args.reward_model)
         if not (folder / "reward_model.json").is_file() and not (folder / "model" / "reward_model.json").is_file():
             raise EvalError(f"--reward-model {args.reward_model}: no reward_model.json (train one with `agentenv rm train`)")
-        if args.best_of is None:
-            raise EvalError("--reward-model goes with --best-of N --select reward-model")
 
 
 def load_questions_for_eval(spec: str, limit: int | None) -> list[dict[str, Any]]:
@@ -491,7 +473,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     env_kwargs = {"max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens, "max_total_tokens": args.max_total_tokens}
 
     score_trajectories = None
-    if args.best_of and "reward-model" in args.select:
+    if args.reward_model is not None:
         score_trajectories = load_scorer(args.reward_model, tokenizer, args.batch_size)
     count = max(1, args.batch_size // samples) * samples
     # Built before any mode runs, so a keyword --env does not take fails at once.
@@ -545,15 +527,12 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
 def load_scorer(path: str, tokenizer: Any, batch_size: int):
     """``trajectories -> scores`` of the reward model at ``path``, which must share the policy's
     tokenizer (it scores the sampled token ids as they are)."""
-    from agentenv.trainers.reward_model import load_reward_model
+    from agentenv.trainers.learned_reward import LearnedReward
 
     try:
-        reward_model = load_reward_model(path)
-    except (FileNotFoundError, ValueError) as error:
+        return LearnedReward(path, batch_size=batch_size, tokenizer=tokenizer).score
+    except (OSError, ValueError) as error:
         raise EvalError(f"--reward-model {path}: {error}") from None
-    if reward_model.tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise EvalError(f"--reward-model {path}: its tokenizer is not the policy's; it scores the policy's token ids as they are")
-    return lambda trajectories: reward_model.score(trajectories, batch_size=batch_size)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

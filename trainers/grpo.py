@@ -7,8 +7,12 @@ policy generated and 0 on prompt, tool output and padding (``Trajectory.policy_m
     A_i        = r_i − mean(r_1 … r_G)                  group advantage (Shao et al. 2024, §4.1.2)
     A_i        = A_i / (std(r_1 … r_G) + eps)           if ``scale_advantages_by_std`` (Dr. GRPO
                                                         drops this; Liu et al. 2025, §3.1)
+    A_{i,t}    = A_i + P_{i,t}                          P: process rewards (agentenv/process_rewards.py),
+                                                        P_{i,t} = c_{i,k(t)}, the weighted credit of the
+                                                        turn k(t) that token t was generated in; P = 0
+                                                        without them, and then A_{i,t} = A_i
     ρ_{i,t}    = exp(logπ_θ(o_{i,t}) − logπ_old(o_{i,t}))
-    ℓ^clip_i,t = −min(ρ_{i,t} A_i, clip(ρ_{i,t}, 1 − eps_low, 1 + eps_high) A_i)
+    ℓ^clip_i,t = −min(ρ_{i,t} A_{i,t}, clip(ρ_{i,t}, 1 − eps_low, 1 + eps_high) A_{i,t})
                                                         separate bounds: DAPO's clip-higher
                                                         (Yu et al. 2025, §3.1)
     KL_{i,t}   = exp(logπ_ref − logπ_θ) − (logπ_ref − logπ_θ) − 1
@@ -71,6 +75,10 @@ class GRPOConfig:
     epochs: int = 1  # μ: passes over each batch
     minibatch_size: int | None = None  # sequences per optimizer step; None: the whole batch
     micro_batch_size: int = 4  # sequences per forward pass (gradient accumulation)
+    # False: the update as it was before issue 13 — the vocabulary projection at every position
+    # after the shortest prompt and micro-batches in batch order. The same loss and gradients;
+    # kept so bench/update.py can measure both paths in one run.
+    lean_update: bool = True
 
     def validate(self) -> None:
         if self.loss_agg not in LOSS_AGGREGATIONS:
@@ -177,8 +185,8 @@ def grpo_token_loss(
     ref_logp: torch.Tensor | None,
     config: GRPOConfig,
 ) -> TokenLoss:
-    """ℓ_{i,t} for log-probs ``[n, T]`` and one advantage per sequence ``[n]``."""
-    A = advantages.unsqueeze(1)
+    """ℓ_{i,t} for log-probs ``[n, T]`` and one advantage per sequence ``[n]`` or per token ``[n, T]``."""
+    A = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     ratio = torch.exp(logp - old_logp)
     clipped_ratio = torch.clamp(ratio, 1 - config.clip_eps_low, 1 + config.clip_eps_high)
     clip_loss = -torch.min(ratio * A, clipped_ratio * A)
@@ -391,6 +399,7 @@ class Episode:
     reward: float
     group: int  # episodes of the same question share a group
     engine_logprobs: list[float] | None = None  # one per policy token, as the engine reported them
+    process_advantages: list[float] | None = None  # P_{i,t}: one per token of token_ids (0 off policy)
 
 
 def grpo_update(
@@ -427,6 +436,10 @@ def grpo_update(
         return {**metrics, "update/skipped": 1.0}
 
     batch = pad_trajectories([e.token_ids for e in episodes], [e.policy_mask for e in episodes], pad_id)
+    process = process_advantage_matrix(episodes, batch)
+    if process is not None:
+        policy_tokens = batch.policy_mask[:, batch.start :]
+        metrics["advantage/process_mean"] = ((process * policy_tokens).sum() / policy_tokens.sum().clamp(min=1)).item()
     minibatch_size = config.minibatch_size or len(batch)
     single_pass = config.epochs == 1 and minibatch_size >= len(batch)
 
@@ -450,7 +463,11 @@ def grpo_update(
             optimizer.zero_grad(set_to_none=True)
             minibatch_mask = batch.targets_mask(minibatch, int(batch.lengths[minibatch].max()))
             num_tokens, num_sequences = minibatch_mask.sum().item(), len(minibatch)
-            for rows in micro_batches(minibatch, batch.lengths, config.micro_batch_size):
+            if config.lean_update:
+                chunks = micro_batches(minibatch, batch.lengths, config.micro_batch_size)
+            else:
+                chunks = minibatch.split(config.micro_batch_size)
+            for rows in chunks:
                 width = int(batch.lengths[rows].max())
                 columns = width - batch.start
                 mask = batch.targets_mask(rows, width)
@@ -461,7 +478,7 @@ def grpo_update(
                     batch.start,
                     temperature,
                     with_entropy=epoch == 0,
-                    target_mask=mask,
+                    target_mask=mask if config.lean_update else None,
                 )
                 if single_pass:
                     old = logp.detach()
@@ -469,7 +486,8 @@ def grpo_update(
                 else:
                     old = old_logp[rows, :columns]
                 ref = None if ref_logp is None else ref_logp[rows, :columns]
-                terms = grpo_token_loss(logp, old, advantages[rows], ref, config)
+                A = advantages[rows] if process is None else advantages[rows].unsqueeze(1) + process[rows, :columns]
+                terms = grpo_token_loss(logp, old, A, ref, config)
                 loss = aggregate_loss(
                     terms.loss, mask, config.loss_agg, num_tokens, num_sequences, config.max_response_tokens
                 )
@@ -509,6 +527,21 @@ def grpo_update(
     if gap is not None:
         metrics["logprob_gap/engine_vs_trainer"] = gap
     return metrics
+
+
+def process_advantage_matrix(episodes: Sequence[Episode], batch: PaddedBatch) -> torch.Tensor | None:
+    """P_{i,t} ``[N, T − start]`` in the batch's target columns, or None when no episode has any."""
+    if all(e.process_advantages is None for e in episodes):
+        return None
+    process = torch.zeros(len(batch), batch.input_ids.shape[1] - batch.start)
+    for row, episode in enumerate(episodes):
+        if episode.process_advantages is None:
+            continue
+        if len(episode.process_advantages) != len(episode.token_ids):
+            raise ValueError(f"episode {row}: {len(episode.process_advantages)} process advantages for {len(episode.token_ids)} tokens")
+        values = torch.tensor(episode.process_advantages[batch.start :], dtype=torch.float32)
+        process[row, : len(values)] = values
+    return process
 
 
 def clip_grad_norm(parameters: list[torch.nn.Parameter], max_norm: float | None) -> float:

@@ -172,23 +172,32 @@ def decode_segments(trajectory: Any, tokenizer: Any) -> list[dict[str, str]]:
 
 
 def transcript(episode: Any, tokenizer: Any) -> dict[str, Any]:
-    """One episode, decoded: its segments, and a single text with tool output marked."""
+    """One episode as training transcripts and evaluation records both write it (one layout; the
+    trainer adds ``step`` and ``group``, ``agentenv eval`` adds ``mode``, ``class`` and ``sample``):
+    the question, the outcome and its reward terms, tool use, the decoded ``segments`` and one
+    ``text`` of them with tool output marked."""
     segments = decode_segments(episode.trajectory, tokenizer)
     text = "".join(
         f"{TOOL_OPEN}{s['text']}{TOOL_CLOSE}" if s["source"] == "tool" else s["text"] for s in segments
     )
-    question = episode.question
+    question, components = episode.question, episode.reward_components
     return {
         "id": question.get("id"),
+        "kind": question.get("kind"),
         "question": question.get("question"),
         "answers": question.get("answers"),
-        "group": episode.group,
-        "reward": episode.reward,
-        "reward_components": episode.reward_components,
-        "finish_reason": episode.finish_reason,
-        "num_turns": episode.num_turns,
-        "tool_calls": episode.tool_calls,
         "answer": episode.answer,
+        "exact_match": components.get("exact_match", 0.0),
+        "f1": components.get("f1", 0.0),
+        "reward": episode.reward,
+        "reward_components": components,
+        "format_valid": bool(episode.format_valid),
+        "finish_reason": episode.finish_reason,
+        "turns": episode.num_turns,
+        "tool_calls": dict(episode.tool_calls),
+        "searches": episode.tool_calls.get("search", 0),
+        "calculator_calls": episode.tool_calls.get("calculator", 0),
+        "policy_tokens": episode.trajectory.count("policy"),
         "text": text,
         "segments": segments,
     }
@@ -210,5 +219,6 @@ def write_transcripts(run_dir: str | Path, step: int, episodes: Sequence[Any], t
     path = folder / f"step_{step:06d}.jsonl"
     with path.open("w") as file:
         for episode in chosen:
-            file.write(json.dumps({"step": step, **transcript(episode, tokenizer)}, default=_json_default) + "\n")
+            record = {"step": step, "group": episode.group, **transcript(episode, tokenizer)}
+            file.write(json.dumps(record, default=_json_default) + "\n")
     return path

@@ -414,7 +414,7 @@ def collect_rollout_pairs(config: RolloutPairsConfig, seed: int = 0, engine: Any
     rewards: list[float] = []
     for start in range(0, len(questions), count // G):
         chunk = questions[start : start + count // G]
-        batch = rollout(engine, envs[: len(chunk) * G], chunk, G, sampling)
+        batch = rollout(engine, envs[: len(chunk) * G], chunk, G, sampling, episode_offset=start * G)
         rewards += [e.reward for e in batch.episodes]
         pairs += pairs_from_episodes(batch.episodes, tokenizer, config.min_reward_gap)
     stats = {

@@ -11,6 +11,11 @@ Every turn gathers the context of every environment still running, samples one c
 each with a single ``engine.generate`` call (each with its environment's stop strings and remaining
 token budget), and steps all of them with ``step_batch``, which sends every call to one tool in one
 batch. Token in, token out: the engine's ids and logprobs go into the trajectory unchanged.
+
+With a seed, every episode samples from a random stream of its own, ``episode_seed(seed, episode,
+turn)``: the same episode gets the same samples whichever other episodes share its engine calls,
+so a batch split into shards (``episode_offset``, one per Ray worker) equals the batch rolled out
+in one piece.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from agentenv.env import FINISH_REASONS, ToolEnv, step_batch
 from agentenv.rewards import exact_match
@@ -42,6 +49,7 @@ class Episode:
     tool_calls: dict[str, int]
     answer: str | None
     format_valid: bool = False
+    turns: list[dict[str, Any]] = field(default_factory=list)  # per turn, its calls (ToolEnv's info["turns"])
 
     @property
     def exact_match(self) -> float:
@@ -84,6 +92,7 @@ def rollout(
     group_size: int,
     sampling: SamplingConfig,
     progress: bool = False,
+    episode_offset: int = 0,
 ) -> RolloutBatch:
     """Run ``len(questions)`` x ``group_size`` episodes to the end, all turns batched.
 
@@ -95,8 +104,11 @@ def rollout(
         group_size: samples per question (G of GRPO).
         sampling: temperature, top-p, the per-turn token cap and a seed. Each environment adds its
             own stop strings and caps a turn at its remaining budget (``env.max_new_tokens``). With
-            a seed, turn ``t`` uses ``seed + t * len(envs)``, so no two turns share a random stream.
+            a seed, turn ``t`` of episode ``i`` samples with ``episode_seed(seed, episode_offset + i,
+            t)``, so no two episodes or turns share a random stream.
         progress: show a progress bar of finished episodes.
+        episode_offset: the index of this call's first episode in the whole batch, when the batch
+            is split into shards (trainers/workers.py); 0 for a batch in one piece.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be at least 1, got {group_size}")
@@ -127,9 +139,10 @@ def rollout(
         actions: dict[int, Any] = {}
         started = time.perf_counter()
         for stop, indices in by_stop.items():
-            turn_sampling = replace(
-                sampling, stop=stop, seed=None if sampling.seed is None else sampling.seed + turn * len(envs)
-            )
+            seeds = None
+            if sampling.seed is not None:
+                seeds = tuple(episode_seed(sampling.seed, episode_offset + i, turn) for i in indices)
+            turn_sampling = replace(sampling, stop=stop, seeds=seeds)
             completions = engine.generate(
                 [contexts[i] for i in indices], turn_sampling, [envs[i].max_new_tokens for i in indices]
             )
@@ -172,10 +185,17 @@ def rollout(
                 tool_calls=dict(info["tool_calls"]),
                 answer=info["answer"],
                 format_valid=info["format_valid"],
+                turns=list(info.get("turns", [])),
             )
         )
     batch.turn_finish_reasons = dict(turn_finish_reasons)
     return batch
+
+
+def episode_seed(seed: int, episode: int, turn: int) -> int:
+    """The seed of one episode's one turn: a function of (step seed, episode, turn) alone, mixed by
+    numpy's SeedSequence so that nearby triples get unrelated streams."""
+    return int(np.random.SeedSequence([seed % 2**64, episode, turn]).generate_state(1)[0])
 
 
 def episode_stats(batch: RolloutBatch) -> dict[str, float]:

@@ -7,6 +7,7 @@ One step of ``mode: grpo`` (``rft``, ``dpo`` and ``ppo`` swap the update, ``STEP
 
     questions = the next B question ids of a seeded, epoch-wise shuffled order (a cursor into it)
     batch     = rollout(engine, B·G environments, questions, G)       # trainers/rollout.py
+                (engine.workers: N → the same on N Ray workers          trainers/workers.py)
     metrics   = grpo_update(model, optimizer, ..., batch episodes)     # trainers/grpo.py
                 (rft: the verifier's filter, then SFT on what it kept    trainers/rft.py
                  dpo: best/worst pairs per question, the DPO loss       trainers/dpo.py
@@ -65,6 +66,7 @@ from agentenv.trainers.ppo import ValueHead, ppo_update
 from agentenv.trainers.rft import acceptance_stats, accepted, rft_update
 from agentenv.trainers.rollout import episode_stats, rollout
 from agentenv.trainers.sft import oracle_episode, sft_step
+from agentenv.trainers.workers import RolloutWorkers, WorkerError
 
 TINY_RANDOM = "tiny-random"
 PAIRS_FILE = "pairs.jsonl"  # mode: dpo from rollouts writes its pairs here, for dpo.pairs of another run
@@ -112,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"agentenv train: error: {error}", file=sys.stderr)
         return 2
+    except WorkerError as error:
+        print(f"agentenv train: error: {error}\nresume from the newest checkpoint with: {resume_command(run_dir)}",
+              file=sys.stderr)
+        return 1
     except TrainingInterrupted:
         return 130  # the checkpoint and the resume command are printed already
     except KeyboardInterrupt:
@@ -183,6 +189,7 @@ class Policy:
     model_path: str | None  # where the engine loads the base weights from (None: tiny-random)
     dtype: torch.dtype
     value_head: torch.nn.Module | None = None  # PPO's V(s) on the model's last hidden state
+    learned_reward: Any = None  # reward.model: a LearnedReward added to every rollout's rewards
 
 
 def load_policy_tokenizer(config: TrainConfig):
@@ -247,7 +254,20 @@ def load_policy(config: TrainConfig, tokenizer: Any) -> Policy:
         model = model.cuda()
         reference = reference.cuda() if reference is not None else None
         value_head = value_head.cuda() if value_head is not None else None
-    return Policy(model, tokenizer, reference, model_path, dtype, value_head)
+    return Policy(model, tokenizer, reference, model_path, dtype, value_head, load_learned_reward(config, tokenizer))
+
+
+def load_learned_reward(config: TrainConfig, tokenizer: Any) -> Any:
+    """``reward.model``'s reward model, or None; one that does not fit the policy is a ConfigError."""
+    if config.reward.model is None:
+        return None
+    from agentenv.trainers.learned_reward import LearnedReward
+
+    try:
+        return LearnedReward(config.reward.model, config.reward.model_weight, config.reward.model_normalize,
+                             tokenizer=tokenizer)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"reward.model: {error}") from None
 
 
 def trained_beside(policy: Policy, phase: str) -> dict[str, torch.nn.Module]:
@@ -428,7 +448,10 @@ def build_optimizer(
 
 def build_engine(config: TrainConfig, policy: Policy, env: Any):
     """The rollout engine: transformers generates with the training model itself; vLLM loads its
-    own copy of the base weights and receives ours through ``update_weights``."""
+    own copy of the base weights and receives ours through ``update_weights``. With
+    ``engine.workers: N``, N Ray workers that each build one of these (``RolloutWorkers``)."""
+    if config.engine.workers > 0:
+        return RolloutWorkers(config)
     kind, why = choose_engine(config.engine.kind, policy.model_path)
     print(f"agentenv train: rollout engine {kind} ({why})", file=sys.stderr)
     kwargs = dict(config.engine.kwargs) if kind == "vllm" else {}
@@ -553,7 +576,8 @@ def train(
     pair_order = QuestionOrder(len(pairs), config.seed) if pairs else None
     samples = bool(mode_steps) and pairs is None  # the mode's steps roll out
     B, G = rollout_shape(config)
-    envs = make_envs(config, tokenizer, B * G if samples else 1)
+    # Rollout workers step environments of their own; the trainer's first one gives the limits.
+    envs = make_envs(config, tokenizer, B * G if samples and not config.engine.workers else 1)
     questions = envs[0].questions
     order = QuestionOrder(len(questions), config.seed)
     names = entity_names(config) if sft_steps else None
@@ -581,7 +605,7 @@ def train(
     if (samples or config.eval.every) and step < total_steps:
         engine = build_engine(config, policy, envs[0])
         engine.update_weights(model)
-    held_out = HeldOutCurve(config, tokenizer) if config.eval.every and engine is not None else None
+    held_out = HeldOutCurve(config, tokenizer, policy.learned_reward) if config.eval.every and engine is not None else None
 
     if config.mode == "dpo" and pairs is None:
         restart_jsonl(run_dir / PAIRS_FILE, step if checkpoint else None)
@@ -649,6 +673,8 @@ def train(
     finally:
         progress.close()
         logger.close()
+        if isinstance(engine, RolloutWorkers):
+            engine.close()
     return metrics
 
 
@@ -659,7 +685,7 @@ class HeldOutCurve:
     """The ``eval`` section at work: the current policy, greedy, on a fixed slice of held-out
     questions in the training environment, through the rollout engine; returns ``dev/*`` metrics."""
 
-    def __init__(self, config: TrainConfig, tokenizer: Any):
+    def __init__(self, config: TrainConfig, tokenizer: Any, learned_reward: Any = None):
         from agentenv.envs import load_question_set
 
         self.questions = load_question_set(config.eval.questions)[: config.eval.limit]
@@ -669,6 +695,7 @@ class HeldOutCurve:
         self.envs = make_envs(config, tokenizer, count, questions=config.eval.questions)
         self.tokenizer = tokenizer
         self.seed = config.seed
+        self.learned_reward = learned_reward  # scores the held-out episodes too: dev/reward_model_score
 
     def evaluate(self, engine: Any, model: torch.nn.Module, sync: bool = False) -> dict[str, float]:
         """``sync``: push the weights first (SFT steps do not sync the engine; GRPO steps do)."""
@@ -680,7 +707,9 @@ class HeldOutCurve:
         was_training = model.training
         model.eval()
         sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.envs[0].max_turn_tokens, seed=self.seed)
-        records = evaluate_envs("dev", engine, self.envs, self.questions, 1, sampling, self.tokenizer, progress=False)
+        score = self.learned_reward.score if self.learned_reward is not None else None
+        records = evaluate_envs("dev", engine, self.envs, self.questions, 1, sampling, self.tokenizer, progress=False,
+                                score_trajectories=score)
         model.train(was_training)
         summary = summarise(records)
         metrics = {f"dev/{key}": summary[key] for key in
@@ -688,6 +717,8 @@ class HeldOutCurve:
         for group in ("exact_match_by_kind", "exact_match_by_class"):
             for name, entry in summary[group].items():
                 metrics[f"dev/exact_match/{name}"] = entry["exact_match"]
+        if score is not None:
+            metrics["dev/reward_model_score"] = summary["reward_model_score"]
         metrics["time/dev_eval_s"] = time.perf_counter() - started
         return metrics
 
@@ -723,8 +754,13 @@ def sample(
     )
     policy.model.eval()
     started = time.perf_counter()
-    count = len(step_questions) * samples_per_question
-    batch = rollout(engine, envs[:count], step_questions, samples_per_question, sampling)
+    if isinstance(engine, RolloutWorkers):
+        batch = engine.rollout(step_questions, samples_per_question, sampling)
+    else:
+        count = len(step_questions) * samples_per_question
+        batch = rollout(engine, envs[:count], step_questions, samples_per_question, sampling)
+    if policy.learned_reward is not None:
+        policy.learned_reward.apply(batch.episodes)
     return batch, time.perf_counter() - started
 
 
@@ -766,6 +802,7 @@ def grpo_step(
 ) -> dict[str, Any]:
     """Rollout, GRPO update, weight sync; returns the step's metrics with the time split."""
     batch, rollout_s = sample(step, config, policy, engine, envs, step_questions, config.grpo.group_size)
+    process = process_credits(batch.episodes, config.reward.process)
     episodes = [
         Episode(
             token_ids=e.trajectory.token_ids,
@@ -773,8 +810,9 @@ def grpo_step(
             reward=e.reward,
             group=e.group,
             engine_logprobs=e.trajectory.policy_logprobs,
+            process_advantages=None if process is None else process[0][k],
         )
-        for e in batch.episodes
+        for k, e in enumerate(batch.episodes)
     ]
     max_response_tokens = config.grpo.max_response_tokens or _response_budget(envs[0])
     started = time.perf_counter()
@@ -787,8 +825,26 @@ def grpo_step(
         generator=torch.Generator().manual_seed(config.seed * 7919 + step),
     )
     train_s = time.perf_counter() - started
+    if process is not None:
+        update.update(process[1])
     trained_tokens = sum(len(e.trajectory) for e in batch.episodes)
     return finish_step(step, config, policy, engine, run_dir, batch, rollout_s, update, train_s, trained_tokens)
+
+
+def process_credits(episodes: list[Any], weights: dict[str, float]) -> tuple[list[list[float]], dict[str, float]] | None:
+    """``reward.process`` at work: each episode's per-token credit (its turn's c_{i,k}), and the
+    per-turn mean of every term (``process/<term>``); None without process terms."""
+    if not weights:
+        return None
+    from agentenv.process_rewards import token_credits, turn_credits, turn_terms
+
+    per_token, per_turn = [], []
+    for episode in episodes:
+        answers = episode.question["answers"]
+        per_token.append(token_credits(episode.trajectory, turn_credits(episode.turns, answers, weights)))
+        per_turn.extend(turn_terms(episode.turns, answers, list(weights)))
+    means = {f"process/{name}": sum(t[name] for t in per_turn) / max(len(per_turn), 1) for name in weights}
+    return per_token, means
 
 
 def rft_step(

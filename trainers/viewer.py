@@ -239,7 +239,7 @@ def render_episode(record: dict[str, Any], is_open: bool = False) -> str:
         ("gold answers", ", ".join(str(a) for a in record.get("answers") or [])),
         ("answer", answer if answer is not None else "(none)"),
         ("finish reason", record.get("finish_reason")),
-        ("turns", record.get("num_turns", record.get("turns"))),
+        ("turns", record.get("turns", record.get("num_turns"))),  # num_turns: training transcripts before 0.2
     ]
     if record.get("group") is not None:
         facts.append(("group", record["group"]))

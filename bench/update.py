@@ -1,0 +1,111 @@
+"""The multi-turn GRPO update's tokens/s: the lean path against the path before it, in one run.
+
+    python bench/update.py [--episodes 32] [--repeats 3]
+
+The workload is the training run's own: configs/cpu-smollm2.yaml (the embedded SmolLM2-135M with
+LoRA r 16), and B·G = 32 episodes of the multi-turn geo search environment, played by the SFT
+oracle through the real environment (prompt, searches, their real results, answers: ~400 tokens,
+a few percent of them policy tokens, the shape the training steps have). Rewards alternate 0/1 inside
+groups of 8, so every sequence carries a gradient. Each path runs in a process of its own:
+
+* ``lean``: ``grpo.lean_update: true`` (the default): the vocabulary projection only where the next
+  token is a policy token, micro-batches of similar lengths;
+* ``before``: ``grpo.lean_update: false``: the projection at every position after the shortest
+  prompt, micro-batches in batch order (the update before issue 13).
+
+Both start from the same weights and must compute the same loss (checked). Reported: the median
+over ``--repeats`` updates of seconds and trained tokens/s (every token of every sequence, as
+``throughput/train_tokens_per_s`` counts them), and peak RSS. Goal (issue 13): lean ≥ 2x before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_section, command_line, machine, median, peak_rss_mb, run_worker  # noqa: E402
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    from agentenv.trainers.config import load_config
+    from agentenv.trainers.grpo import Episode, grpo_update
+    from agentenv.trainers.sft import oracle_episode
+    from agentenv.trainers.train import (
+        build_optimizer,
+        entity_names,
+        load_policy,
+        load_policy_tokenizer,
+        make_envs,
+    )
+
+    config = load_config("configs/cpu-smollm2.yaml", [f"grpo.lean_update={str(args.path == 'lean').lower()}"])
+    torch.manual_seed(0)
+    tokenizer = load_policy_tokenizer(config)
+    [env] = make_envs(config, tokenizer, 1)
+    names = entity_names(config)
+    played = [oracle_episode(env, question, names) for question in env.questions[: args.episodes]]
+    episodes = [
+        Episode(e.trajectory.token_ids, e.trajectory.policy_mask, reward=float(i % 2), group=i // 8)
+        for i, e in enumerate(played)
+    ]
+    policy = load_policy(config, tokenizer)
+    optimizer, _ = build_optimizer(policy.model, config, "grpo", config.max_steps)
+    seconds, losses = [], []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        metrics = grpo_update(policy.model, optimizer, None, episodes, config.grpo, tokenizer.pad_token_id,
+                              max_grad_norm=config.optim.max_grad_norm, temperature=config.engine.temperature)
+        seconds.append(time.perf_counter() - started)
+        losses.append(metrics["loss"])
+    tokens = sum(len(e.token_ids) for e in episodes)
+    result = {
+        "path": args.path, "episodes": len(episodes), "tokens": tokens,
+        "policy_tokens": sum(sum(e.policy_mask) for e in episodes),
+        "update_s": median(seconds), "tokens_per_s": tokens / median(seconds),
+        "first_loss": losses[0], "peak_rss_mb": peak_rss_mb(),
+    }
+    Path(args.out).write_text(json.dumps(result))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", choices=("lean", "before"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.path = args.worker
+        worker(args)
+        return 0
+    rows = []
+    for path in ("lean", "before"):
+        row = run_worker(__file__, ["--worker", path, "--episodes", str(args.episodes), "--repeats", str(args.repeats)])
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    lean, before = rows
+    ratio = lean["tokens_per_s"] / before["tokens_per_s"]
+    same = abs(lean["first_loss"] - before["first_loss"]) <= 1e-4 * max(1.0, abs(before["first_loss"]))
+    met = ratio >= 2 and same
+    print(json.dumps({"comparison": "lean vs before", "tokens_per_s_ratio": ratio, "same_loss": same, "goal_met": met}))
+    append_section(
+        "Multi-turn GRPO update: lean path against the path before it", command_line("update.py"),
+        [machine(), f"configs/cpu-smollm2.yaml (SmolLM2-135M, LoRA r 16); {args.episodes} oracle episodes of the geo "
+         f"search env; median of {args.repeats} updates each",
+         f"lean / before tokens/s: {ratio:.2f}x (goal ≥ 2x: {'met' if ratio >= 2 else 'missed'}); "
+         f"the same first loss: {'yes' if same else 'NO'}"],
+        [("path", "path"), ("update s", "update_s"), ("tokens/s", "tokens_per_s"), ("tokens", "tokens"),
+         ("policy tokens", "policy_tokens"), ("first loss", "first_loss"), ("peak RSS MB", "peak_rss_mb")],
+        rows,
+    )
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
