@@ -158,7 +158,7 @@ class RetrieverClient:
             return self._search(self.servers[0], queries, k)
         now = time.monotonic()
         live = [server for server in self.servers if server.down_until <= now] or self.servers
-        parts = _contiguous_parts(len(queries), len(live))
+        parts = contiguous_parts(len(queries), len(live))
         futures = [
             self._pool.submit(self._search_with_failover, live, first, queries[start:stop], k)
             for first, (start, stop) in enumerate(parts)
@@ -249,8 +249,10 @@ class _Server:
         self.down_until = 0.0
 
 
-def _contiguous_parts(count: int, parts: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of up to ``parts`` contiguous, non-empty parts of ``count`` items."""
+def contiguous_parts(count: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of up to ``parts`` contiguous, non-empty parts of ``count`` items, sizes
+    differing by at most one (a turn's queries across servers; a batch's questions across Ray
+    workers, trainers/workers.py)."""
     base, extra = divmod(count, parts)
     bounds, start = [], 0
     for part in range(min(parts, count)):

@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 
+from agentenv.tools.retrieval_client import contiguous_parts
 from agentenv.trainers.engines import Completion, SamplingConfig, prompt_seeds, state_weights
 from agentenv.trainers.rollout import RolloutBatch, rollout
 
@@ -282,7 +283,7 @@ class RolloutWorkers:
     def rollout(self, questions: list[dict[str, Any]], group_size: int, sampling: SamplingConfig) -> RolloutBatch:
         """``len(questions) x group_size`` episodes, split by whole questions across the workers
         and merged back in order; the same episodes ``rollout()`` samples in one process."""
-        shards = shard_bounds(len(questions), len(self.actors))
+        shards = contiguous_parts(len(questions), len(self.actors))
         calls = [
             _Call(worker, "rollout", (list(questions[start:stop]), group_size, sampling, start * group_size))
             for worker, (start, stop) in enumerate(shards)
@@ -296,7 +297,7 @@ class RolloutWorkers:
         seed it has in one call (``seed + i``)."""
         seeds = prompt_seeds(prompts, sampling)
         calls = []
-        for worker, (start, stop) in enumerate(shard_bounds(len(prompts), len(self.actors))):
+        for worker, (start, stop) in enumerate(contiguous_parts(len(prompts), len(self.actors))):
             part = replace(sampling, seeds=None if seeds is None else tuple(seeds[start:stop]))
             limits = None if max_new_tokens is None else list(max_new_tokens[start:stop])
             calls.append(_Call(worker, "generate", (list(prompts[start:stop]), part, limits)))
@@ -432,18 +433,6 @@ class NCCLWeightBroadcast:
 
 
 # --- pieces ----------------------------------------------------------------------------------------
-
-
-def shard_bounds(count: int, workers: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of each worker's contiguous share of ``count`` items, sizes differing by at
-    most one; workers beyond ``count`` get none (fewer shards than workers)."""
-    base, extra = divmod(count, workers)
-    bounds, start = [], 0
-    for worker in range(min(workers, count)):
-        stop = start + base + (worker < extra)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
 
 
 def merge_batches(batches: list[RolloutBatch], first_groups: list[int], group_size: int) -> RolloutBatch:
