@@ -15,3 +15,14 @@ def tokenizer():
     from agentenv.models import load_tokenizer
 
     return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random model saved with the real tokenizer: a folder `--model` and `policy:` take."""
+    from agentenv.models import tiny_random_model
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_random_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -96,16 +96,6 @@ def test_each_selector_on_scripted_episodes_and_the_curve_from_the_same_samples(
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer):
-    from agentenv.models import tiny_random_model
-
-    folder = tmp_path_factory.mktemp("tiny")
-    tiny_random_model(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, tokenizer):
     from agentenv.trainers.reward_model import build_reward_model, load_rm_config, save_reward_model
 

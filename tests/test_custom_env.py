@@ -114,12 +114,3 @@ def test_eval_env_kwargs_reach_the_environment_and_a_typo_is_named(user_module, 
     assert last_line == "agentenv eval: error: --env-kwargs: my/WordLength-v0 does not take 'max_turnz'; did you mean 'max_turns'?"
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from agentenv.models import load_tokenizer, tiny_random_model
-
-    tokenizer = load_tokenizer("embedded")
-    folder = tmp_path_factory.mktemp("tiny")
-    tiny_random_model(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder

@@ -9,16 +9,6 @@ from agentenv.trainers.evaluate import bootstrap_interval, summarise
 from agentenv.trainers.policy import PolicyNotFound, load_policy_model, locate_policy
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer):
-    from agentenv.models import tiny_random_model
-
-    folder = tmp_path_factory.mktemp("tiny")
-    tiny_random_model(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def run_eval(tiny_model_dir, out, *extra):
     args = ["eval", "--model", str(tiny_model_dir), "--questions", "geo:test", "--limit", "3",
             "--max-turn-tokens", "8", "--max-turns", "2", "--engine", "transformers", "--out", str(out), *extra]

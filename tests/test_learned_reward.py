@@ -85,14 +85,9 @@ def test_a_reward_model_folder_without_a_model_is_a_one_line_config_error(tmp_pa
     assert err.startswith("agentenv train: error: reward.model: ") and "rm train" in err and err.count("\n") == 1
 
 
-def test_eval_scores_every_episode_with_a_reward_model(tmp_path, reward_model_dir, tokenizer, capsys):
-    from agentenv.models import tiny_random_model
-
-    policy = tmp_path / "policy"
-    tiny_random_model(tokenizer).save_pretrained(policy)
-    tokenizer.save_pretrained(policy)
+def test_eval_scores_every_episode_with_a_reward_model(tmp_path, reward_model_dir, tiny_model_dir):
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(policy), "--env", "agentenv/Calculator-v0", "--questions", str(write_questions(tmp_path)),
+    assert main(["eval", "--model", str(tiny_model_dir), "--env", "agentenv/Calculator-v0", "--questions", str(write_questions(tmp_path)),
                  "--engine", "transformers", "--max-turns", "1", "--max-turn-tokens", "4",
                  "--reward-model", str(reward_model_dir), "--out", str(out)]) == 0
     records = [json.loads(line) for line in (out / "transcripts-agentenv-Calculator-v0.jsonl").read_text().splitlines()]

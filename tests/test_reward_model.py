@@ -351,19 +351,9 @@ def test_the_shipped_reward_model_config_loads():
     assert config.data.rollouts.env.id == "agentenv/SearchQA-v0" and config.lora.enabled
 
 
-@pytest.fixture(scope="module")
-def tiny_policy_dir(tmp_path_factory, tokenizer):
-    from agentenv.models import tiny_random_model
-
-    folder = tmp_path_factory.mktemp("tiny-policy")
-    tiny_random_model(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_rollouts_of_a_policy_that_never_differs_give_a_clear_error_and_an_empty_pairs_file(tmp_path, tiny_policy_dir, capsys):
+def test_rollouts_of_a_policy_that_never_differs_give_a_clear_error_and_an_empty_pairs_file(tmp_path, tiny_model_dir, capsys):
     rollouts = {
-        "policy": str(tiny_policy_dir), "engine": "transformers", "limit": 2, "samples_per_question": 2,
+        "policy": str(tiny_model_dir), "engine": "transformers", "limit": 2, "samples_per_question": 2,
         "env": {"id": "agentenv/Calculator-v0", "kwargs": {"num_questions": 4, "max_turns": 1, "max_turn_tokens": 6}},
     }
     config = write_rm_config(tmp_path, "unused.jsonl", data={"rollouts": rollouts})
