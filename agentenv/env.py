@@ -42,7 +42,8 @@ FINISH_REASONS = ("answer", "untagged_answer", "max_turns", "max_tokens", "no_to
 class _Turn:
     parsed: ParsedTurn
     runnable: list[ToolCall] = field(default_factory=list)
-    # {"tool", "arguments", "ok", "output"} per call the policy wrote: what process rewards judge.
+    # {"tool", "arguments", "ok", "unavailable", "output"} per call the policy wrote: what the
+    # failed-call counts and process rewards are read from.
     calls: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -94,7 +95,7 @@ class ToolEnv(gym.Env):
         truncated: out of turns, out of tokens, or (``on_no_call="end"``) a turn without a call.
         info: ``trajectory``, ``token_ids``, ``policy_mask``, ``tool_calls`` (per tool),
             ``failed_tool_calls``, ``num_turns``, ``turns`` (per policy turn, its ``calls``: tool,
-            arguments, ok, output — what process rewards judge), ``answer``, ``format_valid``,
+            arguments, ok, unavailable, output — what process rewards judge), ``answer``, ``format_valid``,
             ``finish_reason`` (None while running), ``reward_components`` (once finished).
     """
 
@@ -169,8 +170,6 @@ class ToolEnv(gym.Env):
         self.trajectory.append("prompt", self._encode(self._render_prompt(self._question["question"])))
         self._turns: list[_Turn] = []
         self._tool_calls: Counter[str] = Counter()
-        self._failed_tool_calls = 0
-        self._policy_faults = 0  # failed calls that are the policy's doing (not ToolUnavailable)
         self._nudges = 0
         self._answer: str | None = None
         self._pending = None
@@ -254,23 +253,18 @@ class ToolEnv(gym.Env):
         runnable = {id(call) for call in turn.runnable}
         observations: list[str] = []
         for call in turn.parsed.tool_calls:
-            ok = False
+            ok, unavailable = False, False
             if call.error is not None:
-                self._failed_tool_calls += 1
-                self._policy_faults += 1
                 observations.append(f"Error: {call.error}")
             elif id(call) in runnable:
                 output = next(results)
-                ok = output.ok
+                ok, unavailable = output.ok, output.unavailable
                 self._tool_calls[call.name] += 1
-                self._failed_tool_calls += not output.ok
-                self._policy_faults += not output.ok and not output.unavailable
                 observations.append(output.text)
             else:
-                self._failed_tool_calls += 1
-                self._policy_faults += 1
                 observations.append(f"Error: at most {self.max_calls_per_turn} tool calls per turn; this one was not run.")
-            turn.calls.append({"tool": call.name, "arguments": call.arguments, "ok": ok, "output": observations[-1]})
+            turn.calls.append({"tool": call.name, "arguments": call.arguments, "ok": ok, "unavailable": unavailable,
+                               "output": observations[-1]})
         return observations
 
     def _append_tool_output(self, observations: list[str]) -> None:
@@ -294,7 +288,7 @@ class ToolEnv(gym.Env):
             answer=self._answer,
             gold_answers=tuple(self._question["answers"]),
             tool_calls=dict(self._tool_calls),
-            failed_tool_calls=self._failed_tool_calls,
+            failed_tool_calls=self._failed_calls(),
             format_valid=self._format_valid(finish_reason),
             finish_reason=finish_reason,
         )
@@ -306,8 +300,16 @@ class ToolEnv(gym.Env):
     def _format_valid(self, finish_reason: str) -> bool:
         return (
             finish_reason == "answer"
-            and self._policy_faults == 0
+            and self._failed_calls(count_unavailable=False) == 0
             and all(turn.parsed.is_well_formed for turn in self._turns)
+        )
+
+    def _failed_calls(self, count_unavailable: bool = True) -> int:
+        """Failed calls of the episode so far; without the ones a tool that was down failed."""
+        return sum(
+            not call["ok"] and (count_unavailable or not call["unavailable"])
+            for turn in self._turns
+            for call in turn.calls
         )
 
     def _observation(self) -> np.ndarray:
@@ -321,7 +323,7 @@ class ToolEnv(gym.Env):
             "policy_mask": self.trajectory.policy_mask,
             "question": dict(self._question),
             "tool_calls": dict(self._tool_calls),
-            "failed_tool_calls": self._failed_tool_calls,
+            "failed_tool_calls": self._failed_calls(),
             "num_turns": len(self._turns),
             "turns": [{"calls": list(turn.calls)} for turn in self._turns],
             "answer": self._answer,
