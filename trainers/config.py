@@ -326,8 +326,9 @@ def validate(config: TrainConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from error
     if config.reward.model is not None:
-        folder = Path(config.reward.model)
-        if not (folder / "reward_model.json").is_file() and not (folder / "model" / "reward_model.json").is_file():
+        from agentenv.trainers.reward_model import reward_model_folder  # it imports this module
+
+        if reward_model_folder(config.reward.model) is None:
             raise ConfigError(
                 f"reward.model: {config.reward.model!r} holds no reward_model.json (train one with `agentenv rm train`)"
             )

@@ -428,8 +428,9 @@ def check_inputs(args: argparse.Namespace) -> None:
         if "reward-model" in args.select and args.reward_model is None:
             raise EvalError("--select reward-model needs --reward-model PATH (a folder from `agentenv rm train`)")
     if args.reward_model is not None:
-        folder = Path(args.reward_model)
-        if not (folder / "reward_model.json").is_file() and not (folder / "model" / "reward_model.json").is_file():
+        from agentenv.trainers.reward_model import reward_model_folder
+
+        if reward_model_folder(args.reward_model) is None:
             raise EvalError(f"--reward-model {args.reward_model}: no reward_model.json (train one with `agentenv rm train`)")
 
 

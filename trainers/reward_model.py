@@ -565,18 +565,26 @@ def save_reward_model(model: RewardModel, folder: str | Path, info: dict[str, An
     return folder
 
 
+def reward_model_folder(path: str | Path) -> Path | None:
+    """The folder holding ``reward_model.json`` for ``path`` (a run folder or its ``model``
+    folder), or None when neither holds one."""
+    folder = Path(path)
+    for candidate in (folder / "model", folder):
+        if (candidate / "reward_model.json").is_file():
+            return candidate
+    return None
+
+
 def load_reward_model(path: str | Path, device: str | torch.device | None = None) -> RewardModel:
     """A reward model saved by ``agentenv rm train`` (its run folder or its ``model`` folder), in
     eval mode, on ``device`` (default: the GPU if there is one)."""
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(path)
-    if (folder / "model" / "reward_model.json").is_file():
-        folder = folder / "model"
-    meta_file = folder / "reward_model.json"
-    if not meta_file.is_file():
+    folder = reward_model_folder(path)
+    if folder is None:
         raise FileNotFoundError(f"{path}: no reward_model.json (train one with `agentenv rm train`)")
+    meta_file = folder / "reward_model.json"
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_file}: not an agentenv reward model (format {meta.get('format')!r})")
