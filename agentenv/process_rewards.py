@@ -91,7 +91,11 @@ def turn_terms(turns: Sequence[Turn], gold_answers: Sequence[str], names: Sequen
 
 def turn_credits(turns: Sequence[Turn], gold_answers: Sequence[str], weights: Mapping[str, float]) -> list[float]:
     """c_{i,k} for every turn k of one episode."""
-    terms = turn_terms(turns, gold_answers, list(weights))
+    return weighted_credits(turn_terms(turns, gold_answers, list(weights)), weights)
+
+
+def weighted_credits(terms: Sequence[Mapping[str, float]], weights: Mapping[str, float]) -> list[float]:
+    """c_{i,k} from the turns' term values (``turn_terms``)."""
     return [sum(weights[name] * values[name] for name in weights) for values in terms]
 
 
