@@ -9,7 +9,7 @@ turns before it and the gold answers::
                           (normalised as exact match normalises: case, punctuation, articles)
     repeated_query        the number of the turn's search queries already searched in the episode
     failed_call           the number of the turn's calls that failed (unknown tool, bad arguments,
-                          a call the tool refused or over the per-turn cap)
+                          a call the tool refused or over the per-turn cap; not a tool that was down)
 
 With weights w (``reward.process``, e.g. ``{search_found_answer: 0.2, repeated_query: -0.1}``),
 turn k of episode i earns the credit::
@@ -30,7 +30,7 @@ from typing import Any
 
 from agentenv.rewards import normalize_answer
 
-Turn = Mapping[str, Any]  # {"calls": [{"tool", "arguments", "ok", "output"}, ...]}, ToolEnv's info["turns"]
+Turn = Mapping[str, Any]  # {"calls": [{"tool", "arguments", "ok", "unavailable", "output"}, ...]}: info["turns"]
 
 
 def _searches(turn: Turn) -> list[dict[str, Any]]:
@@ -64,8 +64,9 @@ def repeated_query(turn: Turn, earlier: Sequence[Turn], gold_answers: Sequence[s
 
 
 def failed_call(turn: Turn, earlier: Sequence[Turn], gold_answers: Sequence[str]) -> float:
-    """How many of the turn's calls failed."""
-    return float(sum(not call["ok"] for call in turn["calls"]))
+    """How many of the turn's calls failed by the policy's doing (a tool that was down does not
+    count, as it does not count against the format)."""
+    return float(sum(not call["ok"] and not call.get("unavailable", False) for call in turn["calls"]))
 
 
 PROCESS_TERMS: dict[str, Callable[[Turn, Sequence[Turn], Sequence[str]], float]] = {

@@ -55,6 +55,17 @@ def test_a_search_that_misses_the_answer_earns_nothing(tokenizer):
     assert turn_terms(info["turns"], QUESTION["answers"], ["search_found_answer"]) == [{"search_found_answer": 0.0}]
 
 
+def test_a_call_to_a_tool_that_was_down_is_not_a_failed_call(tokenizer):
+    from agentenv.tools import RetrieverClient, search_tool
+
+    dead = RetrieverClient("http://127.0.0.1:9", timeout_s=1.0, max_retries=0)  # nobody listens there
+    env = ToolEnv([search_tool(dead), calculator], tokenizer=tokenizer)
+    env.reset(options=QUESTION)
+    *_, info = env.step("<search>Peru</search><calculator>1/0</calculator>")
+    assert [call["ok"] for call in info["turns"][0]["calls"]] == [False, False]
+    assert turn_terms(info["turns"], QUESTION["answers"], ["failed_call"]) == [{"failed_call": 1.0}]  # 1/0 only
+
+
 def test_credits_land_on_the_tokens_of_the_turn_that_earned_them(scripted):
     trajectory = scripted["trajectory"]
     credits = token_credits(trajectory, [0.2, -0.2, 0.0])
