@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: test test-fast test-slow demo experiment bench bench-retrieval bench-rollout bench-workers bench-trl bench-scaling bench-update lint clean
+.PHONY: test test-fast test-slow demo experiment bench bench-retrieval bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,7 +33,7 @@ test-slow: $(STAMP)
 
 # Benchmarks print JSON lines, append their tables to bench/RESULTS.md and exit 1 when they miss
 # the goal they check; `make -k bench` runs them all (about 1.5 hours on 2 cores) even then.
-bench: bench-retrieval bench-rollout bench-workers bench-trl bench-scaling bench-update
+bench: bench-retrieval bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy
 
 bench-retrieval: $(STAMP)
 	$(BIN)/python bench/retrieval.py --sizes 100000
@@ -53,6 +53,9 @@ bench-scaling: $(STAMP)
 
 bench-update: $(STAMP)
 	$(BIN)/python bench/update.py
+
+bench-off-policy: $(STAMP)
+	$(BIN)/python bench/off_policy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -100,3 +100,13 @@ def test_rollout_worker_keys_are_checked_and_name_the_key():
         load_config(None, ["engine.workers=2", "engine.worker_placement=pack"])
     with pytest.raises(ConfigError, match=r"engine\.weight_sync: 'nccl' broadcasts to GPU workers; it needs .*worker_num_gpus > 0"):
         load_config(None, ["engine.workers=2", "engine.weight_sync=nccl"])
+
+
+def test_off_policy_rollouts_need_grpo_workers_and_the_whole_distribution():
+    assert load_config(None, ["engine.workers=1", "rollout.off_policy_steps=1"]).rollout.off_policy_steps == 1
+    with pytest.raises(ConfigError, match=r"rollout\.off_policy_steps: 2 is not allowed; choose one of \[0, 1\]"):
+        load_config(None, ["engine.workers=1", "rollout.off_policy_steps=2"])
+    with pytest.raises(ConfigError, match=r"rollout\.off_policy_steps: 1 needs engine\.workers > 0"):
+        load_config(None, ["rollout.off_policy_steps=1"])
+    with pytest.raises(ConfigError, match=r"needs mode: grpo \(got 'ppo'\); engine\.top_p: 1 \(got 0\.9\)"):
+        load_config(None, ["engine.workers=1", "rollout.off_policy_steps=1", "mode=ppo", "engine.top_p=0.9"])

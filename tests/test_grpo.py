@@ -351,3 +351,81 @@ def test_micro_batches_group_similar_lengths_and_keep_every_row():
     lengths = torch.tensor([9, 3, 7, 3, 12, 5])
     parts = micro_batches(torch.tensor([0, 2, 3, 4, 5]), lengths, 2)
     assert [p.tolist() for p in parts] == [[3, 5], [2, 0], [4]]
+
+
+# --- one step off the policy ---------------------------------------------------------------------
+
+
+def _policy_logprobs(model, episode):
+    """log π_θ of each policy token of one episode, from a plain forward pass over it alone."""
+    ids = torch.tensor([episode.token_ids])
+    full = torch.log_softmax(model(ids).logits[0].float(), -1)
+    return [full[t - 1, episode.token_ids[t]] for t, m in enumerate(episode.policy_mask) if m]
+
+
+def test_off_policy_ratio_is_taken_against_the_engine_logprobs_by_hand(tokenizer):
+    model = tiny_random_model(tokenizer)
+    episodes = _episodes(len(tokenizer))
+    # The behaviour policy's logprobs e_{i,t} = logπ_θ − δ, so ρ = exp(δ): inside the clip range,
+    # beyond 1 + eps_high and below 1 − eps_low.
+    deltas = [0.1, 0.5, -0.5, -0.05]
+    with torch.no_grad():
+        for episode in episodes:
+            logp = _policy_logprobs(model, episode)
+            episode.engine_logprobs = [lp.item() - deltas[t % 4] for t, lp in enumerate(logp)]
+    config = GRPOConfig(clip_eps_low=0.2, clip_eps_high=0.28)
+
+    # By hand: A_i = (r_i − mean) / (std + eps) of rewards 0, 1 | 1, 2 -> ∓0.7071 in each group;
+    # ℓ = −min(ρ A, clip(ρ) A) per policy token, token-mean over all of them.
+    advantage = [-1 / math.sqrt(2), 1 / math.sqrt(2)] * 2
+    hand_loss, ratios, clipped = 0.0, [], 0
+    terms = []
+    for i, episode in enumerate(episodes):
+        for logp, engine in zip(_policy_logprobs(model, episode), episode.engine_logprobs, strict=True):
+            rho = torch.exp(logp - engine)
+            bounded = torch.clamp(rho, 1 - config.clip_eps_low, 1 + config.clip_eps_high)
+            A = advantage[i] / (1 + 1e-6 * math.sqrt(2))  # the eps of the std
+            terms.append(-torch.min(rho * A, bounded * A))
+            ratios.append(rho.item())
+            clipped += int((rho.item() > 1.28 and A > 0) or (rho.item() < 0.8 and A < 0))
+    hand = torch.stack(terms).mean()
+    hand.backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    hand_loss = hand.item()
+    model.zero_grad(set_to_none=True)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    metrics = grpo_update(model, optimizer, None, episodes, config, tokenizer.pad_token_id,
+                          max_grad_norm=None, behaviour_logprobs=True)
+
+    assert metrics["loss"] == pytest.approx(hand_loss, rel=1e-4)
+    assert metrics["ratio/mean"] == pytest.approx(sum(ratios) / len(ratios), rel=1e-4)
+    assert clipped > 0
+    assert metrics["clip_fraction/low"] + metrics["clip_fraction/high"] == pytest.approx(clipped / len(ratios))
+    for p, b, g in zip(model.parameters(), before, expected_grads, strict=True):
+        torch.testing.assert_close(b - p.detach(), g, rtol=1e-3, atol=1e-6)  # SGD, lr 1: the step is the gradient
+
+
+def test_off_policy_update_with_the_trainers_own_logprobs_is_the_on_policy_update(tokenizer):
+    params = []
+    for behaviour in (False, True):
+        model = tiny_random_model(tokenizer)
+        episodes = _episodes(len(tokenizer))
+        with torch.no_grad():
+            for episode in episodes:
+                episode.engine_logprobs = [lp.item() for lp in _policy_logprobs(model, episode)]
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        metrics = grpo_update(model, optimizer, None, episodes, GRPOConfig(), tokenizer.pad_token_id,
+                              max_grad_norm=None, behaviour_logprobs=behaviour)
+        assert metrics["ratio/mean"] == pytest.approx(1.0, abs=1e-4)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(params[0], params[1], rtol=1e-4, atol=1e-6)
+
+
+def test_an_off_policy_update_without_engine_logprobs_says_what_it_needs(tokenizer):
+    model = tiny_random_model(tokenizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"episode 0: an off-policy update needs the engine's logprob of every policy token .* has none for 6"):
+        grpo_update(model, optimizer, None, _episodes(len(tokenizer)), GRPOConfig(), tokenizer.pad_token_id,
+                    behaviour_logprobs=True)

@@ -104,6 +104,44 @@ def test_after_a_sync_every_worker_scores_like_the_trainer(workers, trainer):
         assert (old.gather(-1, sampled)[:, 0] - torch.tensor(completion.logprobs)).abs().max() > 1e-2
 
 
+def test_a_prefetched_rollout_is_sampled_by_the_weights_the_workers_held_when_it_started(workers, trainer, tokenizer):
+    model = trainer[0]
+    expected = in_process(trainer, tokenizer, sampling(seed=21))  # the weights the workers hold now
+    workers.prefetch(trainer[2], G, sampling(seed=21))
+    with torch.no_grad():  # an update while the workers sample
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(len(name))))
+    workers.update_weights(model)  # queues behind the rollout on every actor
+
+    batch = workers.rollout(trainer[2], G, sampling(seed=21))  # collects the prefetched one
+    assert batch.behaviour_lag == 1
+    assert_same_episodes(batch, expected)
+    fresh = workers.rollout(trainer[2], G, sampling(seed=21))  # sampled anew, on the synced weights
+    assert fresh.behaviour_lag == 0
+    assert_same_episodes(fresh, in_process(trainer, tokenizer, sampling(seed=21)))
+
+
+def test_training_one_step_off_the_policy_trains_each_batch_one_update_late(workers, tmp_path):
+    from agentenv.trainers.metrics import read_jsonl
+    from agentenv.trainers.train import train
+
+    overrides = ["max_steps=3", "env.kwargs.on_no_call=nudge", "env.kwargs.max_total_tokens=512", "optim.lr=0.05",
+                 "engine.workers=1", "engine.worker_num_cpus=0.5"]
+    on_policy = train(load_config(TINY_TEST, overrides), tmp_path / "on-policy")
+    train(load_config(TINY_TEST, [*overrides, "rollout.off_policy_steps=1"]), tmp_path / "off-policy")
+
+    steps = {r["step"]: r for r in read_jsonl(tmp_path / "off-policy" / "metrics.jsonl")}
+    aligned = {r["step"]: r for r in read_jsonl(tmp_path / "on-policy" / "metrics.jsonl")}
+    assert [steps[s]["rollout/behaviour_lag"] for s in (1, 2, 3)] == [0.0, 1.0, 1.0]
+    assert [steps[s]["data/question_ids"] for s in (1, 2, 3)] == [aligned[s]["data/question_ids"] for s in (1, 2, 3)]
+    # Step 1 is the on-policy step itself; later batches were sampled by weights one update older
+    # than the trainer's, which the engine-vs-trainer gap shows (on-policy it is numerics only).
+    assert steps[1]["loss"] == pytest.approx(aligned[1]["loss"], abs=1e-6)
+    assert steps[3]["logprob_gap/engine_vs_trainer"] > 10 * on_policy["logprob_gap/engine_vs_trainer"]
+    assert steps[3]["workers/restarts"] == 0
+
+
 def test_a_worker_killed_mid_rollout_is_replaced_and_each_episode_returns_once(workers, trainer, tokenizer):
     ray.get(workers.actors[1].set_generate_delay.remote(2.0))  # so the kill lands mid-rollout
     restarts = workers.restarts

@@ -72,6 +72,15 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    # 1: the rollout workers sample step t+1's batch while the trainer updates on step t's (the
+    # overlap of verl's and AReaL's asynchronous modes), and the update's ratio is taken against the
+    # engine's logprobs (trainers/grpo.py's docstring). mode: grpo with engine.workers > 0 only.
+    # 0: every step samples with the weights it then updates (on-policy).
+    off_policy_steps: int = 0
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     # A registered Gymnasium id: agentenv/SearchQA-v0, agentenv/Calculator-v0, or your own.
     id: str = "agentenv/Calculator-v0"
@@ -135,6 +144,7 @@ class TrainConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -156,6 +166,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "engine.kind": ENGINE_KINDS,
     "engine.worker_placement": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     "engine.weight_sync": ("object-store", "nccl"),
+    "rollout.off_policy_steps": (0, 1),
     "grpo.loss_agg": LOSS_AGGREGATIONS,
     "rft.keep": KEEP_RULES,
     "dpo.loss": DPO_LOSSES,
@@ -308,6 +319,14 @@ def validate(config: TrainConfig) -> None:
             "engine.weight_sync: 'nccl' broadcasts to GPU workers; it needs engine.workers > 0 and "
             "engine.worker_num_gpus > 0 (use 'object-store' otherwise)"
         )
+    if config.rollout.off_policy_steps:
+        needs = [why for why, missing in (
+            (f"mode: grpo (got {config.mode!r})", config.mode != "grpo"),
+            ("engine.workers > 0: the workers sample while this process trains", config.engine.workers == 0),
+            (f"engine.top_p: 1 (got {config.engine.top_p}): ρ's π_behav must be the untruncated π", config.engine.top_p < 1),
+        ) if missing]
+        if needs:
+            raise ConfigError(f"rollout.off_policy_steps: 1 needs {'; '.join(needs)}")
     if config.eval.limit is not None and config.eval.limit < 1:
         raise ConfigError(f"eval.limit: {config.eval.limit!r} is too small; it must be at least 1, or null for all")
     for section in (config.grpo, config.sft, config.rft, config.dpo, config.ppo):

@@ -41,8 +41,29 @@ Per-token log-probabilities come from one forward pass over the right-padded bat
 position t−1 score token t, and the vocabulary projection runs only where m = 1 (the loss reads
 nothing else). With μ = 1 and one minibatch, π_θ = π_old when the loss is computed,
 so logπ_old is the current logπ_θ detached (ρ = 1, the gradient is the policy gradient) and no
-extra forward pass is made. The engine's logprobs are never used as logπ_old: vLLM and
+extra forward pass is made. On-policy, the engine's logprobs are not used as logπ_old: vLLM and
 transformers numerics differ, so their mean gap to the trainer's logπ_old is logged instead.
+
+One step off the policy (``rollout.off_policy_steps: 1``, ``behaviour_logprobs=True``). The rollout
+workers sample step k+1's batch while the trainer updates on step k's, so the batch an update at
+weights θ_k trains on was sampled by π_behav = π_{θ_{k−1}}, one update older. Then::
+
+    logπ_old(o_{i,t}) = logπ_behav(o_{i,t}) = e_{i,t}    the engine's logprob of the sampled token,
+                                                          under the distribution it sampled from
+                                                          (temperature applied: engines.py's
+                                                          "processed" logprobs)
+    ρ_{i,t}           = exp(logπ_θ(o_{i,t}) − e_{i,t})    ≠ 1 at the first step of the update
+
+and ℓ^clip, the aggregation and everything else are as above: PPO's ratio against the policy that
+sampled, so the clip holds π_θ within [1 − eps_low, 1 + eps_high] of π_behav, over the one update of
+staleness as well as this update's own step. Why the engine's logprobs and not the trainer's
+recomputation under θ_{k−1}: they are the behaviour distribution itself, with no copy of θ_{k−1}
+kept in the trainer and no extra forward pass; and they stay right when a restarted worker redid
+some episodes under the newer weights it was loaded with, which only the engine that sampled knows.
+The cost is that the engine–trainer numerics gap enters ρ: measured at ~1e-6 mean |Δ logp| on this
+CPU (float32 on both sides; bench/RESULTS.md); with bf16 on a GPU it is larger, and
+``logprob_gap/engine_vs_trainer`` (here: staleness plus numerics) shows it. top_p < 1 would make
+π_behav a truncated distribution that π_θ is not, so the config refuses it with this mode.
 """
 
 from __future__ import annotations
@@ -413,8 +434,11 @@ def grpo_update(
     max_grad_norm: float | None = 1.0,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    behaviour_logprobs: bool = False,
 ) -> dict[str, float]:
-    """One GRPO update on a batch of episodes; returns its metrics."""
+    """One GRPO update on a batch of episodes; returns its metrics. ``behaviour_logprobs``: the
+    batch was sampled by older weights, and each episode's ``engine_logprobs`` are logπ_old (the
+    module docstring's off-policy ρ)."""
     config.validate()
     rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
     groups = torch.tensor([e.group for e in episodes])
@@ -444,9 +468,21 @@ def grpo_update(
     single_pass = config.epochs == 1 and minibatch_size >= len(batch)
 
     model.train()
-    # logπ_old: with one pass and one minibatch it is logπ_θ detached, taken from the loss forward.
-    old_logp = None if single_pass else batch_logprobs(model, batch, config.micro_batch_size, temperature)
-    trainer_logp = torch.zeros(len(batch), batch.input_ids.shape[1] - batch.start) if single_pass else old_logp
+    # logπ_old: the behaviour policy's, from the engine, one update off the policy; on-policy with
+    # one pass and one minibatch it is logπ_θ detached, taken from the loss forward.
+    if behaviour_logprobs:
+        old_logp = engine_logprob_matrix(episodes, batch)
+    elif not single_pass:
+        old_logp = batch_logprobs(model, batch, config.micro_batch_size, temperature)
+    else:
+        old_logp = None
+    # The trainer's logπ before the update, for the engine-vs-trainer gap: logπ_old on-policy,
+    # else read from the first epoch's forward passes.
+    read_trainer_logp = old_logp is None or behaviour_logprobs
+    if read_trainer_logp:
+        trainer_logp = torch.zeros(len(batch), batch.input_ids.shape[1] - batch.start)
+    else:
+        trainer_logp = old_logp
     ref_logp = None
     if config.kl_beta > 0:
         ref_module, ref_ctx = reference_context(model, reference_model)
@@ -480,11 +516,9 @@ def grpo_update(
                     with_entropy=epoch == 0,
                     target_mask=mask if config.lean_update else None,
                 )
-                if single_pass:
-                    old = logp.detach()
-                    trainer_logp[rows, :columns] = old.float()
-                else:
-                    old = old_logp[rows, :columns]
+                if epoch == 0 and read_trainer_logp:
+                    trainer_logp[rows, :columns] = logp.detach().float()
+                old = logp.detach() if old_logp is None else old_logp[rows, :columns]
                 ref = None if ref_logp is None else ref_logp[rows, :columns]
                 A = advantages[rows] if process is None else advantages[rows].unsqueeze(1) + process[rows, :columns]
                 terms = grpo_token_loss(logp, old, A, ref, config)
@@ -542,6 +576,22 @@ def process_advantage_matrix(episodes: Sequence[Episode], batch: PaddedBatch) ->
         values = torch.tensor(episode.process_advantages[batch.start :], dtype=torch.float32)
         process[row, : len(values)] = values
     return process
+
+
+def engine_logprob_matrix(episodes: Sequence[Episode], batch: PaddedBatch) -> torch.Tensor:
+    """The episodes' engine logprobs ``[N, T − start]`` at their policy tokens' columns (0
+    elsewhere): logπ_behav of an off-policy batch. Every episode must carry one per policy token."""
+    old = torch.zeros(len(batch), batch.input_ids.shape[1] - batch.start)
+    for row, episode in enumerate(episodes):
+        positions = [t - batch.start for t, m in enumerate(episode.policy_mask) if m]
+        if episode.engine_logprobs is None or len(episode.engine_logprobs) != len(positions):
+            have = "none" if episode.engine_logprobs is None else len(episode.engine_logprobs)
+            raise ValueError(
+                f"episode {row}: an off-policy update needs the engine's logprob of every policy token "
+                f"(logπ_behav); it has {have} for {len(positions)} policy tokens"
+            )
+        old[row, positions] = torch.tensor(episode.engine_logprobs, dtype=torch.float32)
+    return old
 
 
 def clip_grad_norm(parameters: list[torch.nn.Parameter], max_norm: float | None) -> float:

@@ -73,6 +73,9 @@ class RolloutBatch:
     generated_tokens: int = 0
     engine_calls: int = 0
     turn_finish_reasons: dict[str, int] = field(default_factory=dict)  # engine "stop"/"length" per turn
+    # Updates between the weights that sampled the batch and the trainer's when it trains on it:
+    # 1 for a batch prefetched one step ahead (rollout.off_policy_steps), else 0.
+    behaviour_lag: int = 0
 
     @property
     def generated_tokens_per_s(self) -> float:

@@ -7,7 +7,9 @@ One step of ``mode: grpo`` (``rft``, ``dpo`` and ``ppo`` swap the update, ``STEP
 
     questions = the next B question ids of a seeded, epoch-wise shuffled order (a cursor into it)
     batch     = rollout(engine, B·G environments, questions, G)       # trainers/rollout.py
-                (engine.workers: N → the same on N Ray workers          trainers/workers.py)
+                (engine.workers: N → the same on N Ray workers          trainers/workers.py
+                 rollout.off_policy_steps: 1 → collected: the workers sampled it during the
+                 previous update, which the update's ratio corrects for  trainers/grpo.py)
     metrics   = grpo_update(model, optimizer, ..., batch episodes)     # trainers/grpo.py
                 (rft: the verifier's filter, then SFT on what it kept    trainers/rft.py
                  dpo: best/worst pairs per question, the DPO loss       trainers/dpo.py
@@ -418,11 +420,16 @@ class QuestionOrder:
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_questions)
 
     def take(self, count: int) -> list[int]:
+        indices = self.peek(count)
+        self.cursor += count
+        return indices
+
+    def peek(self, count: int) -> list[int]:
+        """The next ``count`` indices, leaving the cursor where it is."""
         indices = []
         for position in range(self.cursor, self.cursor + count):
             epoch, offset = divmod(position, self.num_questions)
             indices.append(int(self._epoch(epoch)[offset]))
-        self.cursor += count
         return indices
 
 
@@ -643,8 +650,12 @@ def train(
                     ids = [(pair.question or {}).get("id") for pair in step_pairs]
                 else:
                     indices = order.take(B)
+                    step_questions = [questions[i] for i in indices]
+                    if config.rollout.off_policy_steps:
+                        upcoming = [questions[i] for i in order.peek(B)] if step < total_steps else None
+                        prefetch_ahead(config, engine, envs[0], step, step_questions, upcoming)
                     metrics = STEPS[phase](
-                        step, config, policy, optimizer, scheduler, engine, envs, [questions[i] for i in indices], run_dir,
+                        step, config, policy, optimizer, scheduler, engine, envs, step_questions, run_dir,
                     )
                     ids = [questions[i].get("id", i) for i in indices]
                 metrics["phase"] = phase
@@ -739,19 +750,39 @@ def rollout_shape(config: TrainConfig) -> tuple[int, int]:
     return config.grpo.questions_per_step, config.grpo.group_size
 
 
+def rollout_sampling(config: TrainConfig, env: Any, step: int) -> SamplingConfig:
+    """How step ``step`` samples: ``engine.temperature``/``top_p``, the env's turn budget, and one
+    seed per step, so that a resumed run samples what an uninterrupted one would."""
+    return SamplingConfig(
+        temperature=config.engine.temperature,
+        top_p=config.engine.top_p,
+        max_new_tokens=env.max_turn_tokens,
+        seed=config.seed * 1_000_003 + step,
+    )
+
+
+def prefetch_ahead(
+    config: TrainConfig, engine: RolloutWorkers, env: Any, step: int,
+    step_questions: list[dict[str, Any]], upcoming: list[dict[str, Any]] | None,
+) -> None:
+    """``rollout.off_policy_steps: 1``: this step's rollout unless the step before started it, then
+    the next step's (``upcoming``), which the workers sample while this process trains on this
+    step's batch; its weight sync queues behind it, so that batch is one update old when it is
+    trained on. A run's first step, and the first after a resume, sample on-policy: the checkpoint
+    does not hold the batch that was in flight."""
+    group_size = rollout_shape(config)[1]
+    engine.prefetch(step_questions, group_size, rollout_sampling(config, env, step), behaviour_lag=0)
+    if upcoming is not None:
+        engine.prefetch(upcoming, group_size, rollout_sampling(config, env, step + 1), behaviour_lag=1)
+
+
 def sample(
     step: int, config: TrainConfig, policy: Policy, engine: Any, envs: list[Any],
     step_questions: list[dict[str, Any]], samples_per_question: int,
 ) -> tuple[Any, float]:
-    """The step's rollout: every question ``samples_per_question`` times at ``engine.temperature``;
-    returns the batch and its seconds."""
-    sampling = SamplingConfig(
-        temperature=config.engine.temperature,
-        top_p=config.engine.top_p,
-        max_new_tokens=envs[0].max_turn_tokens,
-        # One seed per step: a resumed run samples what an uninterrupted one would.
-        seed=config.seed * 1_000_003 + step,
-    )
+    """The step's rollout: every question ``samples_per_question`` times at ``engine.temperature``
+    (collected, when ``prefetch_ahead`` started it); returns the batch and its seconds."""
+    sampling = rollout_sampling(config, envs[0], step)
     policy.model.eval()
     started = time.perf_counter()
     if isinstance(engine, RolloutWorkers):
@@ -774,6 +805,9 @@ def finish_step(
     sync_s = time.perf_counter() - started
 
     metrics = {**episode_stats(batch), **update}
+    if isinstance(engine, RolloutWorkers):
+        metrics["workers/restarts"] = float(engine.restarts)  # since the run (or its resume) started
+        metrics["rollout/behaviour_lag"] = float(batch.behaviour_lag)
     metrics.update(
         {
             "time/rollout_s": rollout_s,
@@ -823,6 +857,7 @@ def grpo_step(
         max_grad_norm=config.optim.max_grad_norm,
         temperature=config.engine.temperature,
         generator=torch.Generator().manual_seed(config.seed * 7919 + step),
+        behaviour_logprobs=batch.behaviour_lag > 0,
     )
     train_s = time.perf_counter() - started
     if process is not None:

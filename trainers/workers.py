@@ -36,6 +36,15 @@ fresh actor with the same resources is started, loads the newest weights, and ru
 again with the same seeds (the same episodes). After ``engine.worker_restarts`` deaths of one worker
 in one call, ``WorkerError`` names the worker and the cause; ``agentenv train --resume`` continues
 from the newest checkpoint.
+
+One step off the policy (``rollout.off_policy_steps: 1``). ``prefetch(questions, G, sampling)``
+starts a rollout and returns at once; a later ``rollout()`` with the same arguments collects it.
+The trainer prefetches step t+1's batch before it updates on step t's, so the workers sample while
+it trains; the weight sync after the update queues behind that rollout on every actor (an actor runs
+its calls in order), so the prefetched batch is sampled by the weights one update old, and its
+``behaviour_lag`` says so. A worker that dies during a prefetched rollout is handled as above when
+the batch is collected; its redone shard is sampled by the weights the fresh worker was loaded with,
+which its engine logprobs (the off-policy ratio's π_behav) record.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +213,21 @@ class _Call:
     args: tuple[Any, ...]
 
 
+@dataclass
+class _Pending:
+    """Calls sent to the workers, not yet collected: each in-flight result ref -> (call index,
+    the incarnation of the worker it was sent to)."""
+
+    calls: list[_Call]
+    refs: dict[Any, tuple[int, int]] = field(default_factory=dict)
+    first_groups: list[int] = field(default_factory=list)  # a rollout's shards: their first question
+    behaviour_lag: int = 0  # a rollout's: updates between its sampling weights and the trainer's
+
+
+def _rollout_key(questions: list[dict[str, Any]], group_size: int, sampling: SamplingConfig) -> tuple[Any, ...]:
+    return (tuple(q.get("id", repr(q)) for q in questions), group_size, sampling)
+
+
 class RolloutWorkers:
     """``engine.workers`` rollout workers, used by the trainer as its rollout engine.
 
@@ -232,6 +256,7 @@ class RolloutWorkers:
         self.max_restarts = engine.worker_restarts
         self.restarts = 0  # workers replaced since the start
         self._weights = None  # the object-store ref of the newest weights, for restarted workers
+        self._prefetched: dict[tuple[Any, ...], _Pending] = {}  # rollouts started by prefetch()
         self._broadcast: NCCLWeightBroadcast | None = None  # engine.weight_sync: nccl
         self.actors: list[Any] = []
         self._resources = {"num_cpus": engine.worker_num_cpus, "num_gpus": engine.worker_num_gpus}
@@ -282,13 +307,38 @@ class RolloutWorkers:
 
     def rollout(self, questions: list[dict[str, Any]], group_size: int, sampling: SamplingConfig) -> RolloutBatch:
         """``len(questions) x group_size`` episodes, split by whole questions across the workers
-        and merged back in order; the same episodes ``rollout()`` samples in one process."""
+        and merged back in order; the same episodes ``rollout()`` samples in one process. A rollout
+        that ``prefetch`` started with these arguments is collected instead of sampled again."""
+        key = _rollout_key(questions, group_size, sampling)
+        pending = self._prefetched.pop(key, None)
+        if pending is None:
+            pending = self._rollout_calls(questions, group_size, sampling, behaviour_lag=0)
+        batch = merge_batches(self._collect(pending), pending.first_groups, group_size)
+        batch.behaviour_lag = pending.behaviour_lag
+        return batch
+
+    def prefetch(self, questions: list[dict[str, Any]], group_size: int, sampling: SamplingConfig,
+                 behaviour_lag: int = 1) -> None:
+        """Start ``rollout(questions, group_size, sampling)`` now and return; the rollout call with
+        the same arguments collects it. Weights synced after this reach the workers after it, so the
+        batch is sampled by the weights they hold now; ``behaviour_lag``: how many updates the
+        trainer makes before it trains on it (the batch's ``behaviour_lag``). Starting the same
+        rollout again is a no-op."""
+        key = _rollout_key(questions, group_size, sampling)
+        if key not in self._prefetched:
+            self._prefetched[key] = self._rollout_calls(questions, group_size, sampling, behaviour_lag)
+
+    def _rollout_calls(self, questions: list[dict[str, Any]], group_size: int, sampling: SamplingConfig,
+                       behaviour_lag: int) -> _Pending:
         shards = contiguous_parts(len(questions), len(self.actors))
         calls = [
             _Call(worker, "rollout", (list(questions[start:stop]), group_size, sampling, start * group_size))
             for worker, (start, stop) in enumerate(shards)
         ]
-        return merge_batches(self._run(calls), [start for start, _ in shards], group_size)
+        pending = self._submit(calls)
+        pending.first_groups = [start for start, _ in shards]
+        pending.behaviour_lag = behaviour_lag
+        return pending
 
     def generate(
         self, prompts: list[list[int]], sampling: SamplingConfig, max_new_tokens: list[int] | None = None
@@ -329,31 +379,38 @@ class RolloutWorkers:
     # --- calls that survive a worker's death ---
 
     def _run(self, calls: list[_Call]) -> list[Any]:
-        """Each call's result, in order. A call whose worker died is run again, whole, on a fresh
-        worker (restarted once however many of its calls were pending): a result arrives only from
-        a call that finished, so nothing is lost or counted twice."""
-        ray = require_ray()
-        results: list[Any] = [None] * len(calls)
-        deaths: dict[int, int] = defaultdict(int)
-        pending: dict[Any, tuple[int, int]] = {}
+        """Each call's result, in order (``_submit`` then ``_collect``)."""
+        return self._collect(self._submit(calls))
 
-        def submit(i: int) -> None:
-            call = calls[i]
-            ref = getattr(self.actors[call.worker], call.method).remote(*call.args)
-            pending[ref] = (i, self._incarnations[call.worker])
-
+    def _submit(self, calls: list[_Call]) -> _Pending:
+        pending = _Pending(calls)
         for i in range(len(calls)):
-            submit(i)
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            i, incarnation = pending.pop(ref)
+            self._send(pending, i)
+        return pending
+
+    def _send(self, pending: _Pending, i: int) -> None:
+        call = pending.calls[i]
+        ref = getattr(self.actors[call.worker], call.method).remote(*call.args)
+        pending.refs[ref] = (i, self._incarnations[call.worker])
+
+    def _collect(self, pending: _Pending) -> list[Any]:
+        """Wait for each call's result. A call whose worker died is run again, whole, on a fresh
+        worker (restarted once however many of its calls were pending, in this or another
+        ``_Pending``): a result arrives only from a call that finished, so nothing is lost or
+        counted twice."""
+        ray = require_ray()
+        results: list[Any] = [None] * len(pending.calls)
+        deaths: dict[int, int] = defaultdict(int)
+        while pending.refs:
+            [ref], _ = ray.wait(list(pending.refs), num_returns=1)
+            i, incarnation = pending.refs.pop(ref)
             try:
                 results[i] = ray.get(ref)
             except ray.exceptions.RayActorError as error:
-                worker = calls[i].worker
+                worker = pending.calls[i].worker
                 if incarnation == self._incarnations[worker]:  # not replaced yet for another call
                     self._replace(worker, error, deaths)
-                submit(i)
+                self._send(pending, i)
         return results
 
     def _replace(self, worker: int, error: Exception, deaths: dict[int, int]) -> None:
