@@ -126,8 +126,9 @@ def test_training_one_step_off_the_policy_trains_each_batch_one_update_late(work
     from agentenv.trainers.metrics import read_jsonl
     from agentenv.trainers.train import train
 
+    # A random model earns no reward here, so no gradient: weight decay moves the weights anyway.
     overrides = ["max_steps=3", "env.kwargs.on_no_call=nudge", "env.kwargs.max_total_tokens=512", "optim.lr=0.05",
-                 "engine.workers=1", "engine.worker_num_cpus=0.5"]
+                 "optim.weight_decay=1.0", "optim.warmup_steps=0", "engine.workers=1", "engine.worker_num_cpus=0.5"]
     on_policy = train(load_config(TINY_TEST, overrides), tmp_path / "on-policy")
     train(load_config(TINY_TEST, [*overrides, "rollout.off_policy_steps=1"]), tmp_path / "off-policy")
 
