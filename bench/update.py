@@ -1,21 +1,28 @@
-"""The multi-turn GRPO update's tokens/s: the lean path against the path before it, in one run.
+"""The multi-turn GRPO update's tokens/s: the shared-prefix and lean paths against the path before them, in one run.
 
     python bench/update.py [--episodes 32] [--repeats 3]
 
 The workload is the training run's own: configs/cpu-smollm2.yaml (the embedded SmolLM2-135M with
 LoRA r 16), and B·G = 32 episodes of the multi-turn geo search environment, played by the SFT
 oracle through the real environment (prompt, searches, their real results, answers: ~400 tokens,
-a few percent of them policy tokens, the shape the training steps have). Rewards alternate 0/1 inside
-groups of 8, so every sequence carries a gradient. Each path runs in a process of its own:
+a few percent of them policy tokens, the shape the training steps have). The episodes form groups
+of 8, and the members of a group share one question's prompt (~150 tokens) as a GRPO group does:
+member j of group g is question 8g's prompt followed by what comes after the prompt in the oracle's
+episode of question 8g + j (the oracle plays a question the same way every time, so eight episodes
+of one question would be identical). Rewards alternate 0/1 inside groups, so every sequence carries
+a gradient. Each path runs in a process of its own:
 
+* ``shared``: ``grpo.shared_prefix: true`` on top of the lean path: micro-batches of one group each,
+  whose prompt runs through the model once, not once per sequence;
 * ``lean``: ``grpo.lean_update: true`` (the default): the vocabulary projection only where the next
   token is a policy token, micro-batches of similar lengths;
 * ``before``: ``grpo.lean_update: false``: the projection at every position after the shortest
   prompt, micro-batches in batch order (the update before issue 13).
 
-Both start from the same weights and must compute the same loss (checked). Reported: the median
+All start from the same weights and must compute the same loss (checked). Reported: the median
 over ``--repeats`` updates of seconds and trained tokens/s (every token of every sequence, as
-``throughput/train_tokens_per_s`` counts them), and peak RSS. Goal (issue 13): lean ≥ 2x before.
+``throughput/train_tokens_per_s`` counts them), and peak RSS. Goal (issue 13): lean ≥ 2x before;
+shared against lean is measured, with no goal set.
 """
 
 from __future__ import annotations
@@ -44,16 +51,23 @@ def worker(args: argparse.Namespace) -> None:
         make_envs,
     )
 
-    config = load_config("configs/cpu-smollm2.yaml", [f"grpo.lean_update={str(args.path == 'lean').lower()}"])
+    config = load_config("configs/cpu-smollm2.yaml", [
+        f"grpo.lean_update={str(args.path != 'before').lower()}", f"grpo.shared_prefix={str(args.path == 'shared').lower()}",
+    ])
     torch.manual_seed(0)
     tokenizer = load_policy_tokenizer(config)
     [env] = make_envs(config, tokenizer, 1)
     names = entity_names(config)
     played = [oracle_episode(env, question, names) for question in env.questions[: args.episodes]]
-    episodes = [
-        Episode(e.trajectory.token_ids, e.trajectory.policy_mask, reward=float(i % 2), group=i // 8)
-        for i, e in enumerate(played)
-    ]
+    episodes = []
+    for i, e in enumerate(played):
+        prompt = played[i - i % 8].trajectory  # the group's question
+        start = e.trajectory.prompt_length
+        episodes.append(Episode(
+            prompt.token_ids[: prompt.prompt_length] + e.trajectory.token_ids[start:],
+            prompt.policy_mask[: prompt.prompt_length] + e.trajectory.policy_mask[start:],
+            reward=float(i % 2), group=i // 8,
+        ))
     policy = load_policy(config, tokenizer)
     optimizer, _ = build_optimizer(policy.model, config, "grpo", config.max_steps)
     seconds, losses = [], []
@@ -77,7 +91,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--worker", choices=("lean", "before"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("shared", "lean", "before"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -85,21 +99,25 @@ def main() -> int:
         worker(args)
         return 0
     rows = []
-    for path in ("lean", "before"):
+    for path in ("shared", "lean", "before"):
         row = run_worker(__file__, ["--worker", path, "--episodes", str(args.episodes), "--repeats", str(args.repeats)])
         print(json.dumps(row), flush=True)
         rows.append(row)
-    lean, before = rows
+    shared, lean, before = rows
     ratio = lean["tokens_per_s"] / before["tokens_per_s"]
-    same = abs(lean["first_loss"] - before["first_loss"]) <= 1e-4 * max(1.0, abs(before["first_loss"]))
+    shared_ratio = shared["tokens_per_s"] / lean["tokens_per_s"]
+    same = all(
+        abs(row["first_loss"] - before["first_loss"]) <= 1e-4 * max(1.0, abs(before["first_loss"])) for row in rows
+    )
     met = ratio >= 2 and same
     print(json.dumps({"comparison": "lean vs before", "tokens_per_s_ratio": ratio, "same_loss": same, "goal_met": met}))
+    print(json.dumps({"comparison": "shared vs lean", "tokens_per_s_ratio": shared_ratio, "same_loss": same}))
     append_section(
-        "Multi-turn GRPO update: lean path against the path before it", command_line("update.py"),
+        "Multi-turn GRPO update: shared prefix, lean path and the path before them", command_line("update.py"),
         [machine(), f"configs/cpu-smollm2.yaml (SmolLM2-135M, LoRA r 16); {args.episodes} oracle episodes of the geo "
-         f"search env; median of {args.repeats} updates each",
+         f"search env in groups of 8 that share a prompt; median of {args.repeats} updates each",
          f"lean / before tokens/s: {ratio:.2f}x (goal ≥ 2x: {'met' if ratio >= 2 else 'missed'}); "
-         f"the same first loss: {'yes' if same else 'NO'}"],
+         f"shared / lean tokens/s: {shared_ratio:.2f}x; the same first loss: {'yes' if same else 'NO'}"],
         [("path", "path"), ("update s", "update_s"), ("tokens/s", "tokens_per_s"), ("tokens", "tokens"),
          ("policy tokens", "policy_tokens"), ("first loss", "first_loss"), ("peak RSS MB", "peak_rss_mb")],
         rows,

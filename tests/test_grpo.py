@@ -11,6 +11,7 @@ from agentenv.trainers.grpo import (
     Episode,
     GRPOConfig,
     aggregate_loss,
+    batch_logprobs,
     group_advantages,
     grpo_token_loss,
     grpo_update,
@@ -351,6 +352,122 @@ def test_micro_batches_group_similar_lengths_and_keep_every_row():
     lengths = torch.tensor([9, 3, 7, 3, 12, 5])
     parts = micro_batches(torch.tensor([0, 2, 3, 4, 5]), lengths, 2)
     assert [p.tolist() for p in parts] == [[3, 5], [2, 0], [4]]
+
+
+# --- the shared prefix: a group's prompt computed once ------------------------------------------
+
+
+def _group_episodes(vocab: int, seed: int = 0):
+    """Two groups of three episodes; the members of a group share their prompt and differ after it.
+
+    Group 0's two shortest members (one micro-batch of 2) also share their first two policy tokens,
+    so their common prefix ends inside the policy tokens, one token before the shorter row's end.
+    """
+    generator = torch.Generator().manual_seed(seed)
+
+    def tokens(n):
+        return torch.randint(3, vocab, (n,), generator=generator).tolist()
+
+    episodes = []
+    for group, (prompt_length, members, rewards) in enumerate(
+        [(6, [(2, 0, 0), (4, 3, 2), (3, 4, 4)], [0.0, 1.0, 0.5]), (5, [(5, 2, 1), (3, 3, 3), (4, 1, 2)], [1.0, 0.0, 2.0])]
+    ):
+        prompt = tokens(prompt_length)
+        first_policy = tokens(2)
+        for (policy1, tool, policy2), reward in zip(members, rewards, strict=True):
+            policy = first_policy + tokens(policy1 - 2) if group == 0 and policy1 != 3 else tokens(policy1)
+            ids = prompt + policy + tokens(tool + policy2)
+            mask = [0] * prompt_length + [1] * policy1 + [0] * tool + [1] * policy2
+            episodes.append(Episode(ids, mask, reward=reward, group=group))
+    return episodes
+
+
+def _policy_model(tokenizer, lora: bool):
+    model = tiny_random_model(tokenizer)
+    if not lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)  # init_lora_weights=False: B is random too, so the adapter is on from the start
+    return get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+
+
+def _embedded_shapes(model):
+    """The [batch, tokens] of every forward pass through the model's embedding, as a list that fills."""
+    shapes = []
+    model.get_input_embeddings().register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    return shapes
+
+
+def test_group_micro_batches_hold_one_group_each_in_chunks_of_similar_lengths():
+    from agentenv.trainers.grpo import group_micro_batches
+
+    lengths = torch.tensor([9, 3, 7, 3, 12, 5, 8])
+    groups = torch.tensor([1, 0, 1, 0, 1, 1, 0])
+    parts = group_micro_batches(torch.tensor([0, 1, 2, 3, 4, 5, 6]), groups, lengths, 3)
+    assert [p.tolist() for p in parts] == [[1, 3, 6], [5, 2, 0], [4]]
+
+
+def test_a_groups_prompt_runs_once_and_the_suffixes_on_top_of_it(tokenizer):
+    model = tiny_random_model(tokenizer)
+    shapes = _embedded_shapes(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    episodes = _group_episodes(len(tokenizer))
+    grpo_update(model, optimizer, None, episodes, GRPOConfig(shared_prefix=True), tokenizer.pad_token_id)
+    # Group 0 (prompt 6, longest member 17 tokens), then group 1 (prompt 5, longest 14).
+    assert shapes == [(1, 6), (3, 11), (1, 5), (3, 9)]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("mode", LOSS_AGGREGATIONS)
+def test_sharing_the_prompt_gives_the_same_update(tokenizer, mode, lora):
+    # micro_batch_size 2 < G = 3: each group is split in two micro-batches, the second of one row.
+    results = []
+    for shared in (True, False):
+        model = _policy_model(tokenizer, lora)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        config = GRPOConfig(loss_agg=mode, micro_batch_size=2, max_response_tokens=16, shared_prefix=shared,
+                            kl_beta=0.1 if lora else 0.0)
+        metrics = grpo_update(model, optimizer, None, _group_episodes(len(tokenizer)), config, tokenizer.pad_token_id,
+                              max_grad_norm=None)
+        results.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])))
+    (shared, shared_params), (whole, whole_params) = results
+    for key in ("loss", "entropy", "grad_norm", "kl"):
+        assert shared[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+    assert shared["grad_norm"] > 0 and (not lora or shared["kl"] > 0)
+    torch.testing.assert_close(shared_params, whole_params, rtol=1e-4, atol=1e-6)
+
+
+def test_sharing_the_prompt_keeps_the_logprobs_of_several_epochs(tokenizer):
+    # μ > 1: logπ_old comes from batch_logprobs, and there the group's prompt runs once too.
+    model = tiny_random_model(tokenizer)
+    episodes = _group_episodes(len(tokenizer))
+    batch = pad_trajectories([e.token_ids for e in episodes], [e.policy_mask for e in episodes], tokenizer.pad_token_id)
+    groups = torch.tensor([e.group for e in episodes])
+    shared = batch_logprobs(model, batch, 2, temperature=0.7, groups=groups)
+    whole = batch_logprobs(model, batch, 2, temperature=0.7)
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+    assert (shared != 0).sum() == batch.policy_mask[:, batch.start :].sum()
+
+
+def test_under_gradient_checkpointing_the_rows_run_whole(tokenizer):
+    # Checkpointed layers drop the cache in training, so the prefix cannot be shared there.
+    model = tiny_random_model(tokenizer)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    shapes = _embedded_shapes(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics = grpo_update(model, optimizer, None, _group_episodes(len(tokenizer)), GRPOConfig(shared_prefix=True),
+                          tokenizer.pad_token_id)
+    assert all(rows == 3 for rows, _ in shapes)
+    plain = tiny_random_model(tokenizer)
+    whole = grpo_update(plain, torch.optim.SGD(plain.parameters(), lr=0.1), None,
+                        _group_episodes(len(tokenizer)), GRPOConfig(), tokenizer.pad_token_id)
+    assert metrics["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-6)
+
+
+def test_the_shared_prefix_needs_the_lean_update():
+    with pytest.raises(ValueError, match="grpo.shared_prefix needs grpo.lean_update: true"):
+        GRPOConfig(shared_prefix=True, lean_update=False).validate()
 
 
 # --- one step off the policy ---------------------------------------------------------------------

@@ -44,6 +44,24 @@ so logπ_old is the current logπ_θ detached (ρ = 1, the gradient is the polic
 extra forward pass is made. On-policy, the engine's logprobs are not used as logπ_old: vLLM and
 transformers numerics differ, so their mean gap to the trainer's logπ_old is logged instead.
 
+The shared prefix (``shared_prefix``). The G members of a group start with the same prompt. Each
+micro-batch then holds members of one group (chunks of ``micro_batch_size`` of it), and the first
+P tokens all its n rows have in common (read from the tokens; P < the shortest row) run through the
+model once, at batch size 1, leaving their keys and values in a cache; the cache is repeated to the
+n rows and each row's suffix runs on top of it at positions P … T−1, right-padded. Attention is
+causal, so the hidden states at positions < P depend on those tokens alone and are the same in
+every row: the values are the per-row pass's, and the prefix's last hidden state still scores the
+first suffix token. The gradient is the same too: per row, each of the n copies of the prefix
+passes its row's gradient into the shared weights, which sum them; here the repeat's backward sums
+the n rows' gradients into the one prefix first, and the prefix passes the sum on (equal up to
+float round-off, as any change of summation order). The body then runs P + Σ_i S_i tokens instead
+of n·P + Σ_i S_i (S_i: row i's suffix), forward and backward: with the geo env's ~150-token prompts
+in ~400-token episodes, about a quarter fewer at n = 4. The keys and values are still one copy per
+row (each layer concatenates them with the row's own), and the suffix tokens still attend to the
+prefix. Under gradient checkpointing in training (``model.gradient_checkpointing``) the
+checkpointed layers drop the cache, so the rows run whole there. With dropout > 0 the n rows would
+share the prefix's dropout mask: the same expected gradient, not the same one.
+
 One step off the policy (``rollout.off_policy_steps: 1``, ``behaviour_logprobs=True``). The rollout
 workers sample step k+1's batch while the trainer updates on step k's, so the batch an update at
 weights θ_k trains on was sampled by π_behav = π_{θ_{k−1}}, one update older. Then::
@@ -100,6 +118,9 @@ class GRPOConfig:
     # after the shortest prompt and micro-batches in batch order. The same loss and gradients;
     # kept so bench/update.py can measure both paths in one run.
     lean_update: bool = True
+    # True: micro-batches of one group each, whose shared prompt runs once (the module docstring's
+    # "shared prefix"). The same loss and gradients.
+    shared_prefix: bool = False
 
     def validate(self) -> None:
         if self.loss_agg not in LOSS_AGGREGATIONS:
@@ -120,6 +141,11 @@ class GRPOConfig:
                 raise ValueError(f"grpo.{name} must be ≥ 0, got {getattr(self, name)!r}")
         if self.clip_eps_low >= 1:
             raise ValueError(f"grpo.clip_eps_low must be below 1, got {self.clip_eps_low!r}")
+        if self.shared_prefix and not self.lean_update:
+            raise ValueError(
+                "grpo.shared_prefix needs grpo.lean_update: true: the prefix runs through the model's body "
+                "and the lean path's projection, which lean_update: false does not use"
+            )
 
 
 # --- advantages ----------------------------------------------------------------------------------
@@ -279,6 +305,7 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     target_mask: torch.Tensor | None = None,
+    shared_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token_t | tokens_<t) for t = start … T−1, shape ``[n, T − start]``; and the entropy of
     π at each of those positions when ``with_entropy``.
@@ -289,6 +316,10 @@ def token_logprobs(
     multi-turn episode most positions after the prompt are tool output, and the projection onto
     SmolLM2's 49k-word vocabulary is a fifth of its parameters. Without it, every target position is
     projected (``logits_to_keep`` still skips the prompt).
+
+    With ``shared_prefix`` (and ``target_mask``) the rows' longest common first tokens run through
+    the body once, not once per row (``prefix_then_suffixes``): the same values, for rows that share
+    a prompt, as the members of a GRPO group do.
     """
     # Batches are built on the CPU; a model on a GPU computes there and hands the per-token values
     # back (``.to`` keeps the autograd graph), so the losses and masks stay where they were built.
@@ -296,7 +327,9 @@ def token_logprobs(
     if device != home:
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         target_mask = target_mask.to(device) if target_mask is not None else None
-        logp, entropy = token_logprobs(model, input_ids, attention_mask, start, temperature, with_entropy, target_mask)
+        logp, entropy = token_logprobs(
+            model, input_ids, attention_mask, start, temperature, with_entropy, target_mask, shared_prefix
+        )
         return logp.to(home), entropy.to(home) if entropy is not None else None
     parts = decoder_and_head(model) if target_mask is not None else None
     if parts is None:
@@ -311,8 +344,46 @@ def token_logprobs(
                 entropy = -(log_probs.exp() * log_probs).sum(-1)
         return logp, entropy
     decoder, head = parts
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    prefix = common_prefix_length(input_ids, attention_mask) if shared_prefix and keeps_cache(decoder) else 0
+    if prefix:
+        hidden = prefix_then_suffixes(decoder, input_ids, attention_mask, prefix)
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return masked_logprobs(head, hidden, input_ids, start, temperature, target_mask, with_entropy)
+
+
+def common_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many first tokens all rows of a right-padded batch have in common, at most the shortest
+    row's length − 1 so that every row keeps a token of its own; 0 for a single row."""
+    if input_ids.shape[0] < 2:
+        return 0
+    limit = int(attention_mask.sum(dim=1).min()) - 1
+    same = (input_ids[:, :limit] == input_ids[:1, :limit]).all(dim=0)
+    return int(same.int().cumprod(dim=0).sum())
+
+
+def keeps_cache(decoder: torch.nn.Module) -> bool:
+    """False while gradient checkpointing trains the body: transformers' checkpointed layers then
+    drop ``past_key_values`` (``GradientCheckpointingLayer``), and a suffix could not see its prefix."""
+    return not (decoder.training and getattr(decoder, "is_gradient_checkpointing", False))
+
+
+def prefix_then_suffixes(
+    decoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int
+) -> torch.Tensor:
+    """The body's last hidden states ``[n, T, d]`` of rows whose first ``prefix`` tokens are equal:
+    the prefix runs once (batch 1) and leaves its keys and values in a cache; the cache is repeated
+    to the n rows and the suffixes run on top of it, at positions prefix … T−1, under the rows'
+    attention mask (right padding in the suffixes). In the backward pass the repeat sums the n rows'
+    gradients into the one prefix, as n separate copies of the prefix would have summed them."""
+    rows = input_ids.shape[0]
+    shared = decoder(input_ids=input_ids[:1, :prefix], use_cache=True)
+    cache = shared.past_key_values
+    # The public way generate() expands a prompt's cache to several samples; its repeat_interleave
+    # is a copy, which each layer's concatenation with the suffix's keys would make anyway.
+    cache.batch_repeat_interleave(rows)
+    own = decoder(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+    return torch.cat([shared.last_hidden_state.expand(rows, -1, -1), own.last_hidden_state], dim=1)
 
 
 def masked_logprobs(
@@ -363,6 +434,17 @@ def micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> tuple
     return rows[lengths[rows].argsort(stable=True)].split(size)
 
 
+def group_micro_batches(
+    rows: torch.Tensor, groups: torch.Tensor, lengths: torch.Tensor, size: int
+) -> tuple[torch.Tensor, ...]:
+    """``rows`` split into micro-batches of one group each (``groups``: a group id per row of the
+    batch), in chunks of ``size`` and of similar lengths as ``micro_batches`` makes them: the rows of
+    a micro-batch share their group's prompt, which then runs once (``token_logprobs``'s
+    ``shared_prefix``)."""
+    members = groups[rows]
+    return tuple(chunk for group in members.unique() for chunk in micro_batches(rows[members == group], lengths, size))
+
+
 def reference_context(model: torch.nn.Module, reference_model: torch.nn.Module | None):
     """(the module to call, a context) for reference log-probs: a frozen copy if there is one, else
     the LoRA model with its adapter disabled (``peft``'s ``disable_adapter``)."""
@@ -374,19 +456,29 @@ def reference_context(model: torch.nn.Module, reference_model: torch.nn.Module |
 
 
 def batch_logprobs(
-    model: torch.nn.Module, batch: PaddedBatch, micro_batch_size: int, temperature: float = 1.0
+    model: torch.nn.Module,
+    batch: PaddedBatch,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log-probs ``[N, T − start]`` of the whole batch without gradients, micro-batch by micro-batch
-    (in eval mode: logπ_old and logπ_ref are the policies that sampled, without dropout)."""
+    (in eval mode: logπ_old and logπ_ref are the policies that sampled, without dropout). With
+    ``groups`` (a group id per row) each micro-batch holds one group and runs its shared prompt once."""
     out = torch.zeros(batch.input_ids.shape[0], batch.input_ids.shape[1] - batch.start)
+    everything = torch.arange(len(batch))
+    if groups is None:
+        chunks = micro_batches(everything, batch.lengths, micro_batch_size)
+    else:
+        chunks = group_micro_batches(everything, groups, batch.lengths, micro_batch_size)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for rows in micro_batches(torch.arange(len(batch)), batch.lengths, micro_batch_size):
+        for rows in chunks:
             width = int(batch.lengths[rows].max())
             logp, _ = token_logprobs(
                 model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.start, temperature,
-                target_mask=batch.targets_mask(rows, width),
+                target_mask=batch.targets_mask(rows, width), shared_prefix=groups is not None,
             )
             out[rows, : width - batch.start] = logp.float()
     model.train(was_training)
@@ -466,6 +558,8 @@ def grpo_update(
         metrics["advantage/process_mean"] = ((process * policy_tokens).sum() / policy_tokens.sum().clamp(min=1)).item()
     minibatch_size = config.minibatch_size or len(batch)
     single_pass = config.epochs == 1 and minibatch_size >= len(batch)
+    # Group ids of the batch's rows when micro-batches share their group's prompt, else None.
+    shared_groups = torch.tensor([e.group for e in episodes]) if config.shared_prefix else None
 
     model.train()
     # logπ_old: the behaviour policy's, from the engine, one update off the policy; on-policy with
@@ -473,7 +567,7 @@ def grpo_update(
     if behaviour_logprobs:
         old_logp = engine_logprob_matrix(episodes, batch)
     elif not single_pass:
-        old_logp = batch_logprobs(model, batch, config.micro_batch_size, temperature)
+        old_logp = batch_logprobs(model, batch, config.micro_batch_size, temperature, shared_groups)
     else:
         old_logp = None
     # The trainer's logπ before the update, for the engine-vs-trainer gap: logπ_old on-policy,
@@ -487,7 +581,7 @@ def grpo_update(
     if config.kl_beta > 0:
         ref_module, ref_ctx = reference_context(model, reference_model)
         with ref_ctx:
-            ref_logp = batch_logprobs(ref_module, batch, config.micro_batch_size, temperature)
+            ref_logp = batch_logprobs(ref_module, batch, config.micro_batch_size, temperature, shared_groups)
 
     sums = {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": 0.0, "ratio": 0.0}
     first_epoch_tokens = 0.0
@@ -499,7 +593,9 @@ def grpo_update(
             optimizer.zero_grad(set_to_none=True)
             minibatch_mask = batch.targets_mask(minibatch, int(batch.lengths[minibatch].max()))
             num_tokens, num_sequences = minibatch_mask.sum().item(), len(minibatch)
-            if config.lean_update:
+            if config.shared_prefix:
+                chunks = group_micro_batches(minibatch, shared_groups, batch.lengths, config.micro_batch_size)
+            elif config.lean_update:
                 chunks = micro_batches(minibatch, batch.lengths, config.micro_batch_size)
             else:
                 chunks = minibatch.split(config.micro_batch_size)
@@ -515,6 +611,7 @@ def grpo_update(
                     temperature,
                     with_entropy=epoch == 0,
                     target_mask=mask if config.lean_update else None,
+                    shared_prefix=config.shared_prefix,
                 )
                 if epoch == 0 and read_trainer_logp:
                     trainer_logp[rows, :columns] = logp.detach().float()
