@@ -21,8 +21,8 @@ a gradient. Each path runs in a process of its own:
 
 All start from the same weights and must compute the same loss (checked). Reported: the median
 over ``--repeats`` updates of seconds and trained tokens/s (every token of every sequence, as
-``throughput/train_tokens_per_s`` counts them), and peak RSS. Goal (issue 13): lean ≥ 2x before;
-shared against lean is measured, with no goal set.
+``throughput/train_tokens_per_s`` counts them), and peak RSS. Goal (issue 13): the path training
+takes by default (``GRPOConfig``'s ``shared_prefix``) ≥ 2x before.
 """
 
 from __future__ import annotations
@@ -103,21 +103,29 @@ def main() -> int:
         row = run_worker(__file__, ["--worker", path, "--episodes", str(args.episodes), "--repeats", str(args.repeats)])
         print(json.dumps(row), flush=True)
         rows.append(row)
+    from agentenv.trainers.grpo import GRPOConfig
+
     shared, lean, before = rows
-    ratio = lean["tokens_per_s"] / before["tokens_per_s"]
+    # The goal is on the path training takes by default.
+    default = shared if GRPOConfig().shared_prefix else lean
+    ratio = default["tokens_per_s"] / before["tokens_per_s"]
+    lean_ratio = lean["tokens_per_s"] / before["tokens_per_s"]
     shared_ratio = shared["tokens_per_s"] / lean["tokens_per_s"]
     same = all(
         abs(row["first_loss"] - before["first_loss"]) <= 1e-4 * max(1.0, abs(before["first_loss"])) for row in rows
     )
     met = ratio >= 2 and same
-    print(json.dumps({"comparison": "lean vs before", "tokens_per_s_ratio": ratio, "same_loss": same, "goal_met": met}))
-    print(json.dumps({"comparison": "shared vs lean", "tokens_per_s_ratio": shared_ratio, "same_loss": same}))
+    print(json.dumps({"comparison": f"{default['path']} (the default) vs before", "tokens_per_s_ratio": ratio,
+                      "same_loss": same, "goal_met": met}))
+    print(json.dumps({"comparison": "lean vs before", "tokens_per_s_ratio": lean_ratio}))
+    print(json.dumps({"comparison": "shared vs lean", "tokens_per_s_ratio": shared_ratio}))
     append_section(
         "Multi-turn GRPO update: shared prefix, lean path and the path before them", command_line("update.py"),
         [machine(), f"configs/cpu-smollm2.yaml (SmolLM2-135M, LoRA r 16); {args.episodes} oracle episodes of the geo "
          f"search env in groups of 8 that share a prompt; median of {args.repeats} updates each",
-         f"lean / before tokens/s: {ratio:.2f}x (goal ≥ 2x: {'met' if ratio >= 2 else 'missed'}); "
-         f"shared / lean tokens/s: {shared_ratio:.2f}x; the same first loss: {'yes' if same else 'NO'}"],
+         f"{default['path']} (the default path) / before tokens/s: {ratio:.2f}x (goal ≥ 2x: "
+         f"{'met' if ratio >= 2 else 'missed'}); lean / before {lean_ratio:.2f}x; shared / lean {shared_ratio:.2f}x; "
+         f"the same first loss: {'yes' if same else 'NO'}"],
         [("path", "path"), ("update s", "update_s"), ("tokens/s", "tokens_per_s"), ("tokens", "tokens"),
          ("policy tokens", "policy_tokens"), ("first loss", "first_loss"), ("peak RSS MB", "peak_rss_mb")],
         rows,
