@@ -675,12 +675,18 @@ def process_advantage_matrix(episodes: Sequence[Episode], batch: PaddedBatch) ->
     return process
 
 
+def policy_columns(episode: Episode, batch: PaddedBatch) -> list[int]:
+    """The batch's target columns of the episode's policy tokens, in order: where its engine
+    logprobs belong."""
+    return [t - batch.start for t, m in enumerate(episode.policy_mask) if m]
+
+
 def engine_logprob_matrix(episodes: Sequence[Episode], batch: PaddedBatch) -> torch.Tensor:
     """The episodes' engine logprobs ``[N, T − start]`` at their policy tokens' columns (0
     elsewhere): logπ_behav of an off-policy batch. Every episode must carry one per policy token."""
     old = torch.zeros(len(batch), batch.input_ids.shape[1] - batch.start)
     for row, episode in enumerate(episodes):
-        positions = [t - batch.start for t, m in enumerate(episode.policy_mask) if m]
+        positions = policy_columns(episode, batch)
         if episode.engine_logprobs is None or len(episode.engine_logprobs) != len(positions):
             have = "none" if episode.engine_logprobs is None else len(episode.engine_logprobs)
             raise ValueError(
@@ -703,7 +709,7 @@ def engine_logprob_gap(episodes: Sequence[Episode], batch: PaddedBatch, trainer_
     for row, episode in enumerate(episodes):
         if episode.engine_logprobs is None:
             continue
-        positions = [t - batch.start for t, m in enumerate(episode.policy_mask) if m]
+        positions = policy_columns(episode, batch)
         if len(positions) != len(episode.engine_logprobs):
             continue
         trainer = trainer_logp[row, positions]
