@@ -251,6 +251,38 @@ def test_filtering_drops_equal_reward_groups(tokenizer):
     assert metrics["update/sequences"] == 2
 
 
+def test_oversampling_trains_on_the_first_b_groups_whose_rewards_differ(tokenizer):
+    """Dynamic sampling: of three groups (one all-equal), B = 1 keeps the first informative one, and
+    the update is the update on that group alone."""
+    episodes = _episodes(len(tokenizer)) + _episodes(len(tokenizer), seed=1)[:2]
+    for episode in episodes[4:]:
+        episode.group = 2
+    episodes[1].reward = episodes[0].reward  # group 0: all equal; groups 1 and 2 differ
+    updated = []
+    for batch, config in [
+        (episodes, GRPOConfig(questions_per_step=1, oversample=3.0)),
+        (episodes[2:4], GRPOConfig(questions_per_step=1)),
+    ]:
+        model = tiny_random_model(tokenizer)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        metrics = grpo_update(model, optimizer, None, batch, config, tokenizer.pad_token_id)
+        updated.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (oversampled, weights), (alone, alone_weights) = updated
+    assert oversampled["update/sequences"] == 2 and oversampled["groups/trained"] == 1
+    assert oversampled["groups/equal_reward_fraction"] == pytest.approx(1 / 3)
+    assert oversampled["loss"] == pytest.approx(alone["loss"], abs=1e-6)
+    torch.testing.assert_close(weights, alone_weights)
+
+
+def test_oversampling_rolls_out_more_questions_than_it_trains_on():
+    config = GRPOConfig(questions_per_step=16, oversample=2.5)
+    assert config.rollout_questions == 40
+    assert GRPOConfig(questions_per_step=3, oversample=1.5).rollout_questions == 5  # ⌈4.5⌉
+    assert GRPOConfig(questions_per_step=4).rollout_questions == 4
+    with pytest.raises(ValueError, match="oversample must be at least 1"):
+        GRPOConfig(oversample=0.5).validate()
+
+
 def test_lora_reference_is_the_model_with_its_adapter_disabled(tokenizer):
     from peft import LoraConfig, get_peft_model
 

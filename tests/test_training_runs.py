@@ -108,6 +108,17 @@ def test_baselines_train_on_the_same_questions_as_the_agent(tmp_path):
     assert len({json.dumps(ids) for ids in seen.values()}) == 1
 
 
+def test_oversampled_run_rolls_out_twice_the_questions_and_trains_on_at_most_b_groups(tmp_path):
+    config = load_config(None, [*TINY_SEARCH, "max_steps=2", "grpo.oversample=2", "engine.temperature=1.5"])
+    train(config, tmp_path / "run")
+    records = _records(tmp_path / "run")
+    assert [len(r["data/question_ids"]) for r in records] == [4, 4]  # ⌈2 · B⌉ with B = 2
+    assert len({q for r in records for q in r["data/question_ids"]}) == 8  # the order moves on by 4 a step
+    for r in records:
+        assert r.get("update/sequences", 0) <= 2 * 2  # at most B groups of G
+        assert r.get("groups/trained", 0) <= 2
+
+
 def test_probe_counts_groups_whose_rewards_all_agree():
     from agentenv.trainers.probe import group_statistics
 

@@ -747,7 +747,7 @@ def rollout_shape(config: TrainConfig) -> tuple[int, int]:
         return config.dpo.questions_per_step, config.dpo.samples_per_question
     if config.mode == "ppo":
         return config.ppo.questions_per_step, config.ppo.samples_per_question
-    return config.grpo.questions_per_step, config.grpo.group_size
+    return config.grpo.rollout_questions, config.grpo.group_size
 
 
 def rollout_sampling(config: TrainConfig, env: Any, step: int) -> SamplingConfig:
