@@ -126,3 +126,19 @@ def test_budget_counts_each_modes_steps_samples_and_optimizer_steps(tmp_path):
     assert run_budget(experiment, "dpo-file")["samples"] == 0  # pairs read from a file: nothing sampled
     table = format_report(experiment, {"sets": {}, "budgets": {"rft-agent": rft}})
     assert "| rft-agent | 2 | 4 | 3 (rft) | 96 | 6 | 4.1 min |" in table
+
+
+def test_only_trains_and_evaluates_the_named_runs(tmp_path, capsys):
+    runs = {"sft-agent": EXPERIMENT["runs"]["sft-agent"], "sft-rag": EXPERIMENT["runs"]["sft-rag"]}
+    rows = EXPERIMENT["rows"][:2]
+    evals = {"geo": EXPERIMENT["evals"]["geo"]}
+    config = write_experiment(tmp_path, {**EXPERIMENT, "runs": runs, "rows": rows, "reference": "rag (SFT)",
+                                         "evals": evals})
+    assert main(["experiment", "--config", str(config), "--only", "sft-rags"]) == 2
+    assert "--only sft-rags: not a run of" in capsys.readouterr().err
+    assert main(["experiment", "--config", str(config), "--only", "sft-rag"]) == 0
+    out = tmp_path / "out"
+    assert not (out / "sft-agent").exists()
+    assert sorted(p.parent.name for p in out.glob("eval/*/*/summary.json")) == ["rag--sft"]  # slug("rag (SFT)")
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["sets"]["geo"]["rows"]) == ["rag (SFT)"]  # the report covers what was evaluated

@@ -1,6 +1,6 @@
 """`agentenv experiment`: train every row of a comparison, evaluate each on held-out questions, one table.
 
-    agentenv experiment --config configs/experiment-geo.yaml [--stage train|eval|report]
+    agentenv experiment --config configs/experiment-geo.yaml [--stage train|eval|report] [--only RUN ...]
 
 An experiment config (YAML) names:
 
@@ -147,11 +147,13 @@ def total_steps(config) -> int:
     return config.max_steps if config.mode == "sft" else config.sft.steps + config.max_steps
 
 
-def train_runs(experiment: Experiment) -> None:
+def train_runs(experiment: Experiment, only: list[str] | None = None) -> None:
     from agentenv.trainers.checkpoint import latest_checkpoint, read_state
     from agentenv.trainers.train import train
 
     for name in experiment.runs:
+        if only is not None and name not in only:
+            continue
         config = run_config(experiment, name)
         run_dir = experiment.run_dir(name)
         checkpoint = latest_checkpoint(run_dir)
@@ -209,12 +211,14 @@ def eval_dir(experiment: Experiment, row: Row, eval_set: EvalSet) -> Path:
     return experiment.out / "eval" / eval_set.name / slug(row.name)
 
 
-def evaluate_rows(experiment: Experiment) -> None:
+def evaluate_rows(experiment: Experiment, only: list[str] | None = None) -> None:
     settings = {"max_turns": 4, "max_turn_tokens": 64, "max_total_tokens": 1536, "passages": 3, "batch_size": 32,
                 "engine": "auto", **experiment.eval_settings}
     for eval_set in experiment.evals:
         index = index_for(experiment, eval_set)
         for row in experiment.rows:
+            if only is not None and row.model not in only:
+                continue
             out = eval_dir(experiment, row, eval_set)
             checkpoint = evaluated_checkpoint(experiment, row)
             if checkpoint is None:
@@ -420,6 +424,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/experiment-geo.yaml)")
     parser.add_argument("--out", default=None, help="output folder (default: the config's 'out')")
     parser.add_argument("--stage", choices=STAGES, nargs="+", default=list(STAGES), help="stages to run (default: all)")
+    parser.add_argument("--only", nargs="+", metavar="RUN", default=None,
+                        help="train only these runs and evaluate only their rows (a row added to a finished "
+                             "experiment); the report still covers every row evaluated so far")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -427,10 +434,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         experiment = load_experiment(args.config, args.out)
         experiment.out.mkdir(parents=True, exist_ok=True)
+        unknown = sorted(set(args.only or []) - set(experiment.runs))
+        if unknown:
+            raise ConfigError(f"--only {' '.join(unknown)}: not a run of {args.config} (its runs: {', '.join(experiment.runs)})")
         if "train" in args.stage:
-            train_runs(experiment)
+            train_runs(experiment, args.only)
         if "eval" in args.stage:
-            evaluate_rows(experiment)
+            evaluate_rows(experiment, args.only)
         if "report" in args.stage:
             print(report(experiment))
     except (ConfigError, FileNotFoundError) as error:
