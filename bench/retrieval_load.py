@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -40,8 +41,15 @@ def _free_port() -> int:
 
 
 def load_test(
-    index_dir: str, clients: int, requests: int, duration_s: float, queries_per_request: int, k: int
+    index_dir: str,
+    clients: int,
+    requests: int,
+    duration_s: float,
+    queries_per_request: int,
+    k: int,
+    server_arguments: Sequence[str] = (),
 ) -> dict:
+    """Serve ``index_dir`` (``agentenv serve-retriever ... SERVER_ARGUMENTS``) and load it."""
     port = _free_port()
     command = [
         sys.executable,
@@ -52,6 +60,7 @@ def load_test(
         index_dir,
         "--port",
         str(port),
+        *server_arguments,
     ]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:

@@ -70,3 +70,14 @@ def test_the_shared_reward_varies_with_the_text():
     assert letter_share("abc") == 1.0
     assert letter_share("a1") == 0.5
     assert letter_share("") == 0.0
+
+
+def test_retrieval_speed_goals_compare_the_pruned_path_with_the_exhaustive_one_of_the_same_run():
+    import retrieval_speed
+
+    pruned = {"p50_ms": 1.2, "p95_ms": 9.0, "batch_queries_per_s": 300.0, "requests_per_s": 100.0, "errors": 0}
+    exhaustive = {"p50_ms": 8.0, "p95_ms": 14.0, "batch_queries_per_s": 100.0, "requests_per_s": 60.0, "errors": 0}
+    checked = retrieval_speed.goals({"pruned": pruned, "exhaustive": exhaustive}, same_hits=True)
+    assert [met for _, met in checked] == [True, True, True, False, True]
+    assert "1.67x" in checked[3][0]
+    assert not all(met for _, met in retrieval_speed.goals({"pruned": pruned, "exhaustive": exhaustive}, same_hits=False))

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from agentenv.cli import main
-from agentenv.tools import BM25Index
+from agentenv.tools import BM25Index, bm25
 from agentenv.tools.bm25 import BACKENDS, tokenize
 
 PASSAGES = [
@@ -228,6 +228,62 @@ def test_tantivy_agrees_with_rank_bm25():
     same_first = [expected[0].id == got[0].id for expected, got in pairs]
     assert sum(recalls) / len(recalls) >= 0.85
     assert sum(same_first) / len(same_first) >= 0.95
+
+
+def zipf_corpus(num_passages: int, num_queries: int, seed: int = 0) -> tuple[list[dict], list[str]]:
+    """Passages and queries of words drawn with probability 1 / rank: a few words are in almost
+    every passage, as in bench/retrieval.py's corpus, so the pruned search has terms to skip."""
+    rng = random.Random(seed)
+    vocabulary = [f"w{rank}" for rank in range(2000)]
+    weights = [1 / rank for rank in range(1, len(vocabulary) + 1)]
+    passages = [
+        {"id": f"z{i}", "text": " ".join(rng.choices(vocabulary, weights, k=rng.randint(20, 60)))}
+        for i in range(num_passages)
+    ]
+    queries = [
+        " ".join(rng.choices(vocabulary, weights, k=rng.randint(3, 8))) for _ in range(num_queries)
+    ]
+    return passages, queries
+
+
+@pytest.fixture(scope="module", params=[zipf_corpus, encyclopedic_corpus])
+def pruned_and_exhaustive(request, tmp_path_factory):
+    """(pruned index, exhaustive index, queries, list of whether pruning answered each search)."""
+    passages, queries = request.param(3000, 300, seed=0)
+    directory = tmp_path_factory.mktemp("index")
+    BM25Index.build(passages, out_dir=directory, show_progress=False)
+    pruned = BM25Index.load(directory)
+    exhaustive = BM25Index.load(directory, prune=False)
+    answered = []
+    prune = pruned._backend._pruned_hits
+
+    def counting_prune(tokens, k):
+        result = prune(tokens, k)  # None: it fell back to the full search
+        answered.append(result is not None)
+        return result
+
+    pruned._backend._pruned_hits = counting_prune
+    return pruned, exhaustive, queries, answered
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_pruned_search_returns_the_hits_of_the_full_search(pruned_and_exhaustive, k, monkeypatch):
+    """Same passages, same scores, same order; and pruning, not the fallback, answered most."""
+    # Pruning pays from hundreds of thousands of skipped postings on; here it prunes from one on.
+    monkeypatch.setattr(bm25, "MIN_SKIPPED_POSTINGS", 1)
+    pruned, exhaustive, queries, answered = pruned_and_exhaustive
+    answered.clear()
+    for query in queries:
+        assert pruned.search(query, k) == exhaustive.search(query, k), query
+    assert sum(answered) >= 0.3 * len(queries)
+
+
+def test_score_bound_exceeds_every_single_term_score():
+    passages, queries = zipf_corpus(1000, 50, seed=1)
+    index = BM25Index.build(passages, show_progress=False)
+    for token in {token for query in queries for token in tokenize(query)}:
+        best = index.search(token, k=1)
+        assert best and best[0].score < index._backend._score_bound(token)
 
 
 def _write_jsonl(path, rows, compress=False):

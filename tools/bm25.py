@@ -5,7 +5,8 @@ can be compared term for term:
 
 - ``tantivy`` (the default): a Rust index on disk, memory-mapped when loaded; passages live in its
   stored fields. Queries are built from term queries, never from tantivy's query-string parser, so
-  model text with quotes, colons or brackets cannot break a search.
+  model text with quotes, colons or brackets cannot break a search. Passages that cannot reach the
+  top k are skipped before they are scored (``_TantivyBackend._pruned_hits``); the hits are the same.
 - ``rank_bm25``: ``rank_bm25.BM25Okapi`` (k1 = 1.2, b = 0.75), a pure-Python reference that scores
   every passage for every query term. Fine for tiny corpora and as the yardstick in tests. Its
   passages live in a JSONL file with an array of byte offsets; ``load`` re-tokenizes them.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import mmap
 import re
 import shutil
@@ -47,6 +49,20 @@ FORMAT_VERSION = 1
 # tantivy fixes k1 and b at these values; the reference backend is configured to match.
 BM25_K1 = 1.2
 BM25_B = 0.75
+
+# Pruning (see _TantivyBackend._pruned_hits): query terms whose score bounds add up to at most this
+# share of the largest term's bound are left out of a first pass, which keeps POOL_PER_HIT * k
+# passages; at most CANDIDATES_PER_HIT * k of them are scored in full. Tuned on 1 M Zipf passages
+# (bench/retrieval_speed.py), where a median query scored 16 candidates in full for k = 10.
+SKIPPED_TERMS_BOUND_SHARE = 0.1
+POOL_PER_HIT = 20
+CANDIDATES_PER_HIT = 6
+# Pruning costs two more searches and the candidates' stored ids, about what scoring 300 k postings
+# costs (measured at 1 M passages): below this many skipped postings the full search is faster.
+MIN_SKIPPED_POSTINGS = 500_000
+# tantivy adds float32 scores; this margin on the bounds covers their rounding (< 1e-5 relative for
+# any query the search tool accepts).
+FLOAT32_MARGIN = 1e-4
 
 # Lucene's default English stop set (EnglishAnalyzer), which Pyserini's BM25 baselines use.
 STOPWORDS = frozenset(
@@ -127,11 +143,12 @@ class _TantivyBackend:
     # RAM the writer fills before it flushes a segment to disk: more RAM, fewer segments to merge.
     WRITER_HEAP_BYTES = 256_000_000
 
-    def __init__(self, index: tantivy.Index):
+    def __init__(self, index: tantivy.Index, prune: bool = True):
         self._schema = index.schema
         index.reload()
         # One searcher for the life of the index: it is thread-safe and releases the GIL in search.
         self._searcher = index.searcher()
+        self.prune = prune
 
     @staticmethod
     def _schema_for_new_index() -> tantivy.Schema:
@@ -175,8 +192,8 @@ class _TantivyBackend:
         return cls(index)
 
     @classmethod
-    def load(cls, directory: Path) -> _TantivyBackend:
-        return cls(tantivy.Index.open(str(directory)))
+    def load(cls, directory: Path, prune: bool = True) -> _TantivyBackend:
+        return cls(tantivy.Index.open(str(directory)), prune)
 
     def __len__(self) -> int:
         return self._searcher.num_docs
@@ -184,16 +201,93 @@ class _TantivyBackend:
     def search_tokens(self, tokens: list[str], k: int) -> list[Hit]:
         if not tokens:
             return []
+        scored = self._pruned_hits(tokens, k) if self.prune else None
+        if scored is None:
+            scored = self._searcher.search(self._any_of(tokens), k, count=False).hits
+        return [self._hit(address, score) for score, address in scored]
+
+    def _any_of(self, tokens: list[str]) -> tantivy.Query:
         # One SHOULD clause per query token, repeats included: BM25 sums over query terms, and
         # rank_bm25 counts a repeated term twice as well.
-        query = tantivy.Query.boolean_query(
+        return tantivy.Query.boolean_query(
             [
                 (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "body", token))
                 for token in tokens
             ]
         )
-        result = self._searcher.search(query, k, count=False)
-        return [self._hit(address, score) for score, address in result.hits]
+
+    def _score_bound(self, token: str) -> float:
+        """More than ``token`` adds to any passage's score: tantivy's BM25 weight, idf x (1 + k1).
+
+        A term scores idf x (1 + k1) x tf / (tf + k1 x (1 - b + b x length / mean length)), and the
+        fraction is below 1. idf is tantivy's, ln(1 + (N - n + 0.5) / (n + 0.5)).
+        """
+        passages, containing = self._searcher.num_docs, self._searcher.doc_freq("body", token)
+        return math.log1p((passages - containing + 0.5) / (containing + 0.5)) * (1 + BM25_K1)
+
+    def _pruned_hits(
+        self, tokens: list[str], k: int
+    ) -> list[tuple[float, tantivy.DocAddress]] | None:
+        """The top ``k`` of the full query, scoring few passages in full; None where it cannot tell.
+
+        The Python binding collects hits through a MultiCollector, which never runs tantivy's
+        block-max WAND: every posting of every query term is scored. Words found in most passages
+        ("born" or "first" in Wikipedia, "w0" in the benchmark's Zipf corpus) have long posting
+        lists and tiny idf: they cost most of a search and change few rankings. MaxScore (Turtle
+        and Flood, 1995) skips their postings, in three steps built from tantivy queries:
+
+        1. Leave out the terms whose score bounds add up to a small share of the largest one
+           (the common words), and search the rest for a pool of POOL_PER_HIT x k passages.
+        2. The pool's k-th score is a floor for the full query's k-th score (the left-out terms
+           only add). A passage after the first m of the pool scores at most the next one's score
+           plus the left-out bounds; take the smallest m for which that is below the floor.
+        3. Score those m candidates with the full query (behind a zero-scored filter on their ids)
+           and keep the best k. Every passage left out scores below the floor, so these are the
+           full query's top k, scored by the same union of term scorers as a plain search and
+           ranked by the same collector (ties by address).
+
+        None (search in full) where the terms left out would have cost less than pruning does,
+        or the bounds are too loose to keep the candidates under CANDIDATES_PER_HIT x k.
+        """
+        bounds = {token: self._score_bound(token) for token in tokens}
+        largest = max(bounds.values())
+        skipped, skipped_bound = set(), 0.0
+        for token in sorted(bounds, key=bounds.get)[:-1]:
+            added = bounds[token] * tokens.count(token)
+            if skipped_bound + added > SKIPPED_TERMS_BOUND_SHARE * largest:
+                break
+            skipped.add(token)
+            skipped_bound += added
+        skipped_postings = sum(
+            self._searcher.doc_freq("body", token) for token in tokens if token in skipped
+        )
+        if not skipped or skipped_postings < MIN_SKIPPED_POSTINGS:
+            return None
+        pool_size = POOL_PER_HIT * k
+        pool = self._searcher.search(
+            self._any_of([token for token in tokens if token not in skipped]),
+            pool_size,
+            count=False,
+        ).hits
+        if len(pool) < k:
+            return None
+        floor = pool[k - 1][0] * (1 - FLOAT32_MARGIN)
+        skipped_bound *= 1 + FLOAT32_MARGIN
+        if skipped_bound >= floor:
+            return None
+        outside = (m for m in range(k, len(pool)) if pool[m][0] + skipped_bound < floor)
+        # A pool shorter than asked for holds every passage with a term that was searched.
+        candidates = next(outside, len(pool) if len(pool) < pool_size else None)
+        if candidates is None or candidates > CANDIDATES_PER_HIT * k:
+            return None
+        ids = [self._searcher.doc(address).get_first("id") for _, address in pool[:candidates]]
+        only_candidates = tantivy.Query.const_score_query(
+            tantivy.Query.term_set_query(self._schema, "id", ids), 0.0
+        )
+        query = tantivy.Query.boolean_query(
+            [(tantivy.Occur.Must, only_candidates), (tantivy.Occur.Must, self._any_of(tokens))]
+        )
+        return self._searcher.search(query, k, count=False).hits
 
     def get(self, passage_id: str) -> dict[str, str]:
         query = tantivy.Query.term_query(self._schema, "id", passage_id)
@@ -264,7 +358,8 @@ class _RankBM25Backend:
         return cls(tokenized, _PassageStore(directory))
 
     @classmethod
-    def load(cls, directory: Path) -> _RankBM25Backend:
+    def load(cls, directory: Path, prune: bool = True) -> _RankBM25Backend:
+        del prune  # rank_bm25 scores every passage for every query; nothing to prune
         store = _PassageStore(directory)
         return cls([_as_passage(passage, row).tokens for row, passage in enumerate(store)], store)
 
@@ -360,11 +455,18 @@ class BM25Index:
         return index
 
     @classmethod
-    def load(cls, directory: str | Path) -> BM25Index:
-        """Open a saved index; tantivy's files are memory-mapped, not read into RAM."""
+    def load(cls, directory: str | Path, prune: bool = True) -> BM25Index:
+        """Open a saved index; tantivy's files are memory-mapped, not read into RAM.
+
+        Args:
+            directory: The index directory.
+            prune: tantivy only: skip passages that cannot reach the top k before scoring them.
+                False scores every passage that holds a query term; the hits are the same, found
+                several times slower on large corpora (benchmarks compare the two).
+        """
         directory = Path(directory)
         manifest = read_manifest(directory)
-        return cls(_BACKEND_CLASSES[manifest["backend"]].load(directory), directory)
+        return cls(_BACKEND_CLASSES[manifest["backend"]].load(directory, prune), directory)
 
     def save(self, directory: str | Path) -> None:
         """Copy the index into a new or empty directory (nothing to do if it already lives there)."""

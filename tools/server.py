@@ -485,6 +485,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a client has to send a whole request, and the idle keep-alive limit "
         f"(default: {DEFAULT_READ_TIMEOUT_S:g})",
     )
+    parser.add_argument(
+        "--no-prune",
+        action="store_true",
+        help="score every passage that holds a query term (the same hits, slower; for benchmarks)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -493,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
         problem = f"--port {args.port}: a TCP port is 0 to 65535"
     else:
         try:
-            index = BM25Index.load(args.index)
+            index = BM25Index.load(args.index, prune=not args.no_prune)
         except (OSError, ValueError) as error:
             problem = f"--index: {error}"
     if problem is None:
