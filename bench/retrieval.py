@@ -94,8 +94,18 @@ def timed_query_count(backend: str, passages: int, requested: int) -> int:
     return requested
 
 
-def _percentile_ms(seconds: list[float], q: float) -> float:
+def percentile_ms(seconds: list[float], q: float) -> float:
     return round(float(np.percentile(seconds, q)) * 1000, 3)
+
+
+def timed_searches(index, queries: list[str], k: int) -> tuple[list[float], list[list]]:
+    """Each query through ``index.search``, one at a time: the seconds each took, and its hits."""
+    latencies, found = [], []
+    for query in queries:
+        began = time.perf_counter()
+        found.append(index.search(query, k))
+        latencies.append(time.perf_counter() - began)
+    return latencies, found
 
 
 def measure(backend: str, passages: int, queries: int, seed: int) -> dict:
@@ -127,12 +137,8 @@ def measure(backend: str, passages: int, queries: int, seed: int) -> dict:
         )
 
         index.search_batch(warmup, K)
-        latencies, top_ids = [], []
-        for query in timed:
-            began = time.perf_counter()
-            hits = index.search(query, K)
-            latencies.append(time.perf_counter() - began)
-            top_ids.append([hit.id for hit in hits])
+        latencies, found = timed_searches(index, timed, K)
+        top_ids = [[hit.id for hit in hits] for hits in found]
         began = time.perf_counter()
         index.search_batch(timed, K)
         batch_s = time.perf_counter() - began
@@ -145,8 +151,8 @@ def measure(backend: str, passages: int, queries: int, seed: int) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "index_mb": round(index_mb, 1),
         "timed_queries": len(timed),
-        "p50_ms": _percentile_ms(latencies, 50),
-        "p95_ms": _percentile_ms(latencies, 95),
+        "p50_ms": percentile_ms(latencies, 50),
+        "p95_ms": percentile_ms(latencies, 95),
         "batch_queries_per_s": round(len(timed) / batch_s, 1),
         "top_ids": top_ids,
     }

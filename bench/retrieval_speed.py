@@ -31,11 +31,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_section, command_line, machine, run_worker  # noqa: E402
-from retrieval import WARMUP_QUERIES, synthetic_passages, synthetic_queries  # noqa: E402
+from retrieval import (  # noqa: E402
+    WARMUP_QUERIES,
+    percentile_ms,
+    synthetic_passages,
+    synthetic_queries,
+    timed_searches,
+)
 from retrieval_load import load_test  # noqa: E402
 
 from agentenv.tools import BM25Index  # noqa: E402
@@ -48,10 +52,6 @@ GOAL_BATCH_RATIO = 3.0
 GOAL_SERVER_RATIO = 2.0
 
 
-def _percentile_ms(seconds: list[float], q: float) -> float:
-    return round(float(np.percentile(seconds, q)) * 1000, 3)
-
-
 def worker(path: str, index_dir: str, queries: int, seed: int) -> dict:
     from agentenv.tools.search import search_tool
 
@@ -59,12 +59,8 @@ def worker(path: str, index_dir: str, queries: int, seed: int) -> dict:
     texts = synthetic_queries(queries + WARMUP_QUERIES, seed)
     warmup, timed = texts[:WARMUP_QUERIES], texts[WARMUP_QUERIES:]
     index.search_batch(warmup, K)
-    latencies, hits = [], []
-    for query in timed:
-        began = time.perf_counter()
-        found = index.search(query, K)
-        latencies.append(time.perf_counter() - began)
-        hits.append([[hit.id, hit.score] for hit in found])
+    latencies, found = timed_searches(index, timed, K)
+    hits = [[[hit.id, hit.score] for hit in result] for result in found]
     # The tool as the environment calls it: k 3 and a 512-word budget (search_tool's defaults).
     tool = search_tool(index)
     tool_latencies = []
@@ -79,10 +75,10 @@ def worker(path: str, index_dir: str, queries: int, seed: int) -> dict:
         "path": path,
         "passages": len(index),
         "timed_queries": len(timed),
-        "p50_ms": _percentile_ms(latencies, 50),
-        "p95_ms": _percentile_ms(latencies, 95),
-        "tool_p50_ms": _percentile_ms(tool_latencies, 50),
-        "tool_p95_ms": _percentile_ms(tool_latencies, 95),
+        "p50_ms": percentile_ms(latencies, 50),
+        "p95_ms": percentile_ms(latencies, 95),
+        "tool_p50_ms": percentile_ms(tool_latencies, 50),
+        "tool_p95_ms": percentile_ms(tool_latencies, 95),
         "batch_queries_per_s": round(len(timed) / batch_s, 1),
         "hits": hits,
     }
