@@ -106,6 +106,7 @@ def test_budget_counts_each_modes_steps_samples_and_optimizer_steps(tmp_path):
         "rft-agent": ["model.init_from=sft-agent", "mode=rft", "max_steps=3", "rft.questions_per_round=4",
                       "rft.samples_per_question=8"],
         "dpo-file": ["mode=dpo", "max_steps=2", "dpo.pairs=pairs.jsonl"],
+        "later-run": ["model.init_from=sft-agent", "mode=ppo", "max_steps=2"],
     }
     rows = [{"name": name, "model": name, "mode": "agent"} for name in runs]
     experiment = load_experiment(write_experiment(tmp_path, {**EXPERIMENT, "runs": runs, "rows": rows,
@@ -124,8 +125,10 @@ def test_budget_counts_each_modes_steps_samples_and_optimizer_steps(tmp_path):
     assert rft == {"sft_steps": 2, "sft_examples": 4, "mode": "rft", "mode_steps": 3, "samples": 3 * 4 * 8,
                    "optimizer_steps": 2 + 4, "wall_s": 60.0 + 186.0}
     assert run_budget(experiment, "dpo-file")["samples"] == 0  # pairs read from a file: nothing sampled
-    table = format_report(experiment, {"sets": {}, "budgets": {"rft-agent": rft}})
+    assert run_budget(experiment, "later-run") is None  # not started: its warm start's cost is not its own
+    table = format_report(experiment, {"sets": {}, "budgets": {"rft-agent": rft, "later-run": None}})
     assert "| rft-agent | 2 | 4 | 3 (rft) | 96 | 6 | 4.1 min |" in table
+    assert "| later-run | not trained yet |" in table
 
 
 def test_only_trains_and_evaluates_the_named_runs(tmp_path, capsys):

@@ -264,15 +264,18 @@ def code_version() -> str | None:
 # --- the report --------------------------------------------------------------------------------
 
 
-def run_budget(experiment: Experiment, name: str) -> dict[str, Any]:
+def run_budget(experiment: Experiment, name: str) -> dict[str, Any] | None:
     """What a run cost: SFT steps and oracle examples; the steps of its mode after SFT (GRPO, RFT
     rounds, DPO, PPO) and the trajectories they sampled (none for DPO on a file of pairs); optimizer
-    steps; wall time on this machine. A run started from another (``model.init_from``) includes it."""
+    steps; wall time on this machine. A run started from another (``model.init_from``) includes it.
+    None for a run that has not logged a step yet (its parent's cost is not its own)."""
     from agentenv.trainers.train import rollout_shape
 
     config = run_config(experiment, name)
     path = experiment.run_dir(name) / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     steps = [r for r in records if "phase" in r]
     sft = [r for r in steps if r["phase"] == "sft"]
     trained = [r for r in steps if r["phase"] != "sft"]
@@ -289,8 +292,8 @@ def run_budget(experiment: Experiment, name: str) -> dict[str, Any]:
     }
     init_from = config.model.init_from
     parent = next((n for n in experiment.runs if init_from and Path(init_from) == experiment.run_dir(n)), None)
-    if parent is not None:  # the row's budget includes its warm start
-        before = run_budget(experiment, parent)
+    before = run_budget(experiment, parent) if parent is not None else None
+    if before is not None:  # the row's budget includes its warm start
         for key in ("sft_steps", "sft_examples", "optimizer_steps", "wall_s"):
             budget[key] += before[key]
     return budget
@@ -384,7 +387,9 @@ def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
               "| method | SFT steps | SFT examples | steps after SFT | samples generated | optimizer steps | wall time |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for name, b in results["budgets"].items():
-        if b:
+        if b is None:
+            lines.append(f"| {name} | not trained yet | | | | | |")
+        elif b:
             after = f"{b['mode_steps']} ({b['mode']})" if b["mode"] != "sft" else "0"
             lines.append(f"| {name} | {b['sft_steps']} | {b['sft_examples']} | {after} | {b['samples']} | "
                          f"{b['optimizer_steps']} | {b['wall_s'] / 60:.1f} min |")
