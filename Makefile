@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: test test-fast test-slow demo experiment bench bench-retrieval bench-retrieval-speed bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy lint clean
+.PHONY: test test-fast test-slow demo experiment goodhart bench bench-retrieval bench-retrieval-speed bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -75,3 +75,12 @@ demo: $(STAMP)
 # The full comparison (hours on 2 cores; every stage resumes): configs/experiment-geo.yaml.
 experiment: $(STAMP)
 	$(BIN)/agentenv experiment --config configs/experiment-geo.yaml
+
+# The Goodhart experiment (configs/experiment-goodhart.yaml, ~2.5 h here): the geo SFT agent, a
+# reward model on its rollouts, then GRPO on that learned reward against GRPO on the verifier.
+goodhart: $(STAMP)
+	$(BIN)/agentenv experiment --config configs/experiment-geo.yaml --only sft-agent --stage train
+	test -f runs/rm-geo-sft/model/reward_model.json || $(BIN)/agentenv rm train --config configs/rm/rm-geo.yaml \
+	  --set data.rollouts.policy=runs/experiment-geo/sft-agent --set data.rollouts.env.kwargs.max_turn_tokens=64 \
+	  --set train.steps=40 --out runs/rm-geo-sft
+	$(BIN)/agentenv experiment --config configs/experiment-goodhart.yaml

@@ -21,6 +21,10 @@ def test_shipped_configs_load(path):
     if path.name.startswith("experiment-"):
         from agentenv.trainers.experiment import load_experiment
 
+        if "reward.model=runs/rm-geo-sft" in path.read_text() and not Path("runs/rm-geo-sft").exists():
+            with pytest.raises(ConfigError, match="agentenv rm train"):  # `make goodhart` trains it first
+                load_experiment(path)
+            return
         load_experiment(path)  # loads every run's training config too
     else:
         load_config(path)
@@ -110,3 +114,20 @@ def test_off_policy_rollouts_need_grpo_workers_and_the_whole_distribution():
         load_config(None, ["rollout.off_policy_steps=1"])
     with pytest.raises(ConfigError, match=r"needs mode: grpo \(got 'ppo'\); engine\.top_p: 1 \(got 0\.9\)"):
         load_config(None, ["engine.workers=1", "rollout.off_policy_steps=1", "mode=ppo", "engine.top_p=0.9"])
+
+
+def test_the_goodhart_experiment_loads_once_its_reward_model_exists(tmp_path, tokenizer):
+    from agentenv.trainers.experiment import load_experiment, run_config
+    from agentenv.trainers.reward_model import build_reward_model, load_rm_config, save_reward_model
+
+    rm_config = load_rm_config(None, ["model.name=tiny-random", "lora.enabled=false", "data.pairs=x.jsonl"])
+    save_reward_model(build_reward_model(rm_config.model, rm_config.lora, tokenizer, seed=0), tmp_path / "rm" / "model")
+    text = (CONFIGS / "experiment-goodhart.yaml").read_text()
+    text = text.replace("reward.model=runs/rm-geo-sft", f"reward.model={tmp_path / 'rm'}")
+    text = text.replace("base: configs/", f"base: {CONFIGS}/")
+    (tmp_path / "goodhart.yaml").write_text(text)
+    experiment = load_experiment(tmp_path / "goodhart.yaml")
+    verifier, learned = run_config(experiment, "grpo-verifier"), run_config(experiment, "grpo-learned-reward")
+    assert (verifier.reward.model_weight, verifier.reward.answer_weight) == (0.0, 1.0)  # watched, not optimised
+    assert (learned.reward.model_weight, learned.reward.answer_weight) == (1.0, 0.0)  # the learned score alone
+    assert learned.reward.search_cost_per_extra_call == 0.0

@@ -28,3 +28,32 @@ def test_plot_cli_reports_a_missing_log(tmp_path, capsys):
 
 def test_moving_average():
     assert moving_average([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
+
+
+def png_width(path):
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # the IHDR chunk's width field
+
+
+def test_dev_curve_adds_the_learned_reward_panel_when_a_run_was_scored_by_one(tmp_path):
+    from agentenv.trainers.experiment_plots import dev_curve
+
+    def log(name, learned):
+        (tmp_path / name).mkdir()
+        lines = []
+        for step in range(1, 11):
+            record = {"step": step, "reward/mean": step / 10}
+            if learned:
+                record["reward/reward_model_score"] = step / 5
+            if step % 5 == 0:
+                record["dev/exact_match"], record["dev/f1"] = 0.5, 0.55
+                if learned:
+                    record["dev/reward_model_score"] = step / 4
+            lines.append(json.dumps(record) + "\n")
+        (tmp_path / name / "metrics.jsonl").write_text("".join(lines))
+        return tmp_path / name
+
+    verifier, learned = log("verifier", learned=False), log("learned", learned=True)
+    two = dev_curve({"verifier": verifier}, tmp_path / "two.png")
+    three = dev_curve({"verifier": verifier, "learned": learned}, tmp_path / "three.png")
+    assert (png_width(two), png_width(three)) == (11 * 120, int(16.5 * 120))  # 2 panels, then 3
+    assert dev_curve({"none": tmp_path / "missing"}, tmp_path / "none.png") is None

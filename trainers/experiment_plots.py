@@ -2,7 +2,9 @@
 
 * ``em-by-method.png`` — EM with its 95 % interval, one panel per held-out set;
 * ``dev-curve.png`` — held-out (dev) EM against the training step of every run that logged one,
-  with the training reward beside it;
+  with the training reward beside it, and where a run was scored by a learned reward model
+  (``reward.model``) a third panel of that score on the training rollouts and on dev: the reward-
+  hacking (Goodhart) picture, a learned score that rises while dev EM does not;
 * ``em-vs-searches.png`` — EM against searches per question, one point per method and set;
 * ``em-by-kind.png`` — EM per question kind on each held-out set.
 """
@@ -64,8 +66,10 @@ def dev_curve(runs: dict[str, Path], path: Path, window: int = 10) -> Path | Non
     curves = {name: records for name, records in curves.items() if any("dev/exact_match" in r for r in records)}
     if not curves:
         return None
+    learned = any("dev/reward_model_score" in r for records in curves.values() for r in records)
     plt = _pyplot()
-    fig, (dev_ax, reward_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 3 if learned else 2, figsize=(16.5 if learned else 11, 3.8))
+    dev_ax, reward_ax = axes[0], axes[1]
     for index, (name, records) in enumerate(curves.items()):
         colour = f"C{index}"
         steps, em = series(records, "dev/exact_match")
@@ -76,9 +80,18 @@ def dev_curve(runs: dict[str, Path], path: Path, window: int = 10) -> Path | Non
         if reward:
             reward_ax.plot(steps, reward, color=colour, alpha=0.25, linewidth=0.8)
             reward_ax.plot(steps, moving_average(reward, window), color=colour, label=f"{name} (moving mean of {window})")
+        if learned:
+            steps, score = series(records, "reward/reward_model_score")
+            if score:
+                axes[2].plot(steps, moving_average(score, window), color=colour, label=f"{name}: rollouts")
+            steps, score = series(records, "dev/reward_model_score")
+            if score:
+                axes[2].plot(steps, score, marker="o", markersize=3, linestyle="--", color=colour, label=f"{name}: dev")
     dev_ax.set_title("held-out dev questions, greedy", fontsize=10)
     reward_ax.set_title("training reward (sampled rollouts)", fontsize=10)
-    for ax in (dev_ax, reward_ax):
+    if learned:
+        axes[2].set_title("learned reward model's raw score", fontsize=10)
+    for ax in axes:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
