@@ -385,12 +385,15 @@ def rollout_pair(chosen: Any, rejected: Any, tokenizer: Any) -> PreferencePair:
     )
 
 
-def collect_rollout_pairs(config: RolloutPairsConfig, seed: int = 0, engine: Any = None, tokenizer: Any = None):
+def collect_rollout_pairs(config: RolloutPairsConfig, seed: int = 0, engine: Any = None, tokenizer: Any = None,
+                          progress: bool = True):
     """Roll the policy out ``samples_per_question`` times on each question and pair the samples.
 
     Returns ``(pairs, stats)``. ``engine`` and ``tokenizer`` replace the policy ``config.policy``
-    names (tests pass a scripted engine).
+    names (tests pass a scripted engine); ``progress`` draws a bar of finished questions on stderr.
     """
+    from tqdm import tqdm
+
     from agentenv.trainers.config import TrainConfig
     from agentenv.trainers.engines import SamplingConfig
     from agentenv.trainers.rollout import rollout
@@ -412,11 +415,15 @@ def collect_rollout_pairs(config: RolloutPairsConfig, seed: int = 0, engine: Any
     )
     pairs: list[PreferencePair] = []
     rewards: list[float] = []
+    bar = tqdm(total=len(questions), desc="rm pairs: rollouts", unit="q", file=sys.stderr, disable=not progress)
     for start in range(0, len(questions), count // G):
         chunk = questions[start : start + count // G]
         batch = rollout(engine, envs[: len(chunk) * G], chunk, G, sampling, episode_offset=start * G)
         rewards += [e.reward for e in batch.episodes]
         pairs += pairs_from_episodes(batch.episodes, tokenizer, config.min_reward_gap)
+        bar.update(len(chunk))
+        bar.set_postfix(pairs=len(pairs))
+    bar.close()
     stats = {
         "questions": len(questions),
         "episodes": len(rewards),
@@ -790,6 +797,8 @@ def build_pairs(config: RewardModelConfig, tokenizer: Any, out: Path) -> tuple[l
 
 def train_reward_model(config: RewardModelConfig, out: str | Path) -> dict[str, Any]:
     """Train as ``agentenv rm train`` does into ``out``; return the summary (also ``summary.json``)."""
+    from tqdm import tqdm
+
     from agentenv.trainers.metrics import MetricsLogger
     from agentenv.trainers.train import QuestionOrder, seed_everything
 
@@ -818,12 +827,15 @@ def train_reward_model(config: RewardModelConfig, out: str | Path) -> dict[str, 
     )
     logger = MetricsLogger(out, tensorboard=config.train.tensorboard)
     order = QuestionOrder(len(train_ids), config.seed)  # a seeded order, reshuffled every epoch
+    bar = tqdm(total=steps, desc="rm train", unit="step", file=sys.stderr)
     try:
         for step in range(1, steps + 1):
             batch = [train_ids[i] for i in order.take(config.train.pairs_per_step)]
             metrics = bradley_terry_step(
                 model, optimizer, batch, config.loss, config.train.micro_batch_pairs, optim.max_grad_norm
             )
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['rm/loss']:.3f}", acc=f"{metrics['rm/accuracy']:.2f}")
             metrics["lr"] = scheduler.get_last_lr()[0]
             scheduler.step()
             if config.train.eval_every and step % config.train.eval_every == 0 and held_ids and step < steps:
@@ -832,6 +844,7 @@ def train_reward_model(config: RewardModelConfig, out: str | Path) -> dict[str, 
             if step % config.train.log_every == 0 or step == steps:
                 logger.log(step, metrics)
     finally:
+        bar.close()
         logger.close()
 
     summary: dict[str, Any] = {"train_pairs": len(train_ids), "held_out_pairs": len(held_ids), "steps": steps, **notes}
