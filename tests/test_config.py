@@ -21,7 +21,7 @@ def test_shipped_configs_load(path):
     if path.name.startswith("experiment-"):
         from agentenv.trainers.experiment import load_experiment
 
-        if "reward.model=runs/rm-geo-sft" in path.read_text() and not Path("runs/rm-geo-sft").exists():
+        if "reward.model=runs/rm-geo-sft" in path.read_text() and not Path("runs/rm-geo-sft/model/reward_model.json").is_file():
             with pytest.raises(ConfigError, match="agentenv rm train"):  # `make goodhart` trains it first
                 load_experiment(path)
             return
