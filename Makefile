@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: test test-fast test-slow demo experiment goodhart bench bench-retrieval bench-retrieval-speed bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy lint clean
+.PHONY: test test-fast test-slow demo experiment goodhart reward-model bench bench-retrieval bench-retrieval-speed bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -78,9 +78,13 @@ experiment: $(STAMP)
 
 # The Goodhart experiment (configs/experiment-goodhart.yaml, ~2.5 h here): the geo SFT agent, a
 # reward model on its rollouts, then GRPO on that learned reward against GRPO on the verifier.
-goodhart: $(STAMP)
+goodhart: reward-model
+	$(BIN)/agentenv experiment --config configs/experiment-goodhart.yaml
+
+# The reward model both use (~1 h here; reused once it exists): Bradley-Terry on the geo SFT
+# agent's own rollouts, pairs ordered by the verifier (docs/experiments.md, section 3).
+reward-model: $(STAMP)
 	$(BIN)/agentenv experiment --config configs/experiment-geo.yaml --only sft-agent --stage train
 	test -f runs/rm-geo-sft/model/reward_model.json || $(BIN)/agentenv rm train --config configs/rm/rm-geo.yaml \
 	  --set data.rollouts.policy=runs/experiment-geo/sft-agent --set data.rollouts.env.kwargs.max_turn_tokens=64 \
 	  --set train.steps=40 --out runs/rm-geo-sft
-	$(BIN)/agentenv experiment --config configs/experiment-goodhart.yaml

@@ -385,12 +385,11 @@ def rollout_pair(chosen: Any, rejected: Any, tokenizer: Any) -> PreferencePair:
     )
 
 
-def collect_rollout_pairs(config: RolloutPairsConfig, seed: int = 0, engine: Any = None, tokenizer: Any = None,
-                          progress: bool = True):
+def collect_rollout_pairs(config: RolloutPairsConfig, seed: int = 0, engine: Any = None, tokenizer: Any = None):
     """Roll the policy out ``samples_per_question`` times on each question and pair the samples.
 
     Returns ``(pairs, stats)``. ``engine`` and ``tokenizer`` replace the policy ``config.policy``
-    names (tests pass a scripted engine); ``progress`` draws a bar of finished questions on stderr.
+    names (tests pass a scripted engine). A bar of finished questions goes to stderr.
     """
     from tqdm import tqdm
 
@@ -415,7 +414,7 @@ def collect_rollout_pairs(config: RolloutPairsConfig, seed: int = 0, engine: Any
     )
     pairs: list[PreferencePair] = []
     rewards: list[float] = []
-    bar = tqdm(total=len(questions), desc="rm pairs: rollouts", unit="q", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(questions), desc="rm pairs: rollouts", unit="q", file=sys.stderr)
     for start in range(0, len(questions), count // G):
         chunk = questions[start : start + count // G]
         batch = rollout(engine, envs[: len(chunk) * G], chunk, G, sampling, episode_offset=start * G)
