@@ -246,3 +246,27 @@ def test_ctrl_c_checkpoints_the_step_in_progress_and_prints_the_command_that_res
     _run([sys.executable, "-m", "agentenv.cli", *arguments])  # agentenv is `python -m agentenv.cli`
     assert sorted(_metrics(run)) == list(range(1, total + 1))  # no step lost, none twice
     assert read_state(latest_checkpoint(run))["step"] == total
+
+
+def test_resumed_metrics_keep_the_steps_up_to_the_checkpoint_and_move_the_rest_aside(tmp_path):
+    from agentenv.trainers.metrics import REDONE_METRICS, MetricsLogger
+
+    def log_steps(resume_step, steps):
+        logger = MetricsLogger(tmp_path, tensorboard=False, resume_step=resume_step)
+        for step in steps:
+            logger.log(step, {"time/step_s": float(step)})
+        logger.close()
+
+    def steps_in(name):
+        return [json.loads(line)["step"] for line in (tmp_path / name).read_text().splitlines()]
+
+    log_steps(None, [1, 2, 3, 4])
+    with (tmp_path / "metrics.jsonl").open("a") as file:
+        file.write('{"step": 5, "time/st')  # the line a kill -9 cut short
+    log_steps(2, [3, 4, 5])  # killed after step 4, resumed from checkpoint 2
+    assert steps_in("metrics.jsonl") == [1, 2, 3, 4, 5]
+    assert steps_in(REDONE_METRICS) == [3, 4]  # computed twice: their first time still cost wall time
+    log_steps(4, [5])
+    assert steps_in(REDONE_METRICS) == [3, 4, 5]
+    log_steps(None, [1])  # a fresh run in the same folder owes nothing to the old one
+    assert not (tmp_path / REDONE_METRICS).exists()

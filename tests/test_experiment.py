@@ -121,13 +121,16 @@ def test_budget_counts_each_modes_steps_samples_and_optimizer_steps(tmp_path):
     for name, records in logged.items():
         experiment.run_dir(name).mkdir(parents=True)
         (experiment.run_dir(name) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    # Killed after step 3 and resumed from checkpoint 2: the first step 3 cost time too.
+    (experiment.run_dir("rft-agent") / "metrics.redone.jsonl").write_text(
+        json.dumps({"step": 3, "phase": "rft", "update/optimizer_steps": 2.0, "time/step_s": 54.0}) + "\n")
     rft = run_budget(experiment, "rft-agent")
     assert rft == {"sft_steps": 2, "sft_examples": 4, "mode": "rft", "mode_steps": 3, "samples": 3 * 4 * 8,
-                   "optimizer_steps": 2 + 4, "wall_s": 60.0 + 186.0}
+                   "optimizer_steps": 2 + 4, "wall_s": 60.0 + 186.0 + 54.0, "redone_steps": 1}
     assert run_budget(experiment, "dpo-file")["samples"] == 0  # pairs read from a file: nothing sampled
     assert run_budget(experiment, "later-run") is None  # not started: its warm start's cost is not its own
     table = format_report(experiment, {"sets": {}, "budgets": {"rft-agent": rft, "later-run": None}})
-    assert "| rft-agent | 2 | 4 | 3 (rft) | 96 | 6 | 4.1 min |" in table
+    assert "| rft-agent | 2 | 4 | 3 (rft) | 96 | 6 | 5.0 min (1 step redone after a kill) |" in table
     assert "| later-run | not trained yet |" in table
 
 

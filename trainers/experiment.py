@@ -267,8 +267,10 @@ def code_version() -> str | None:
 def run_budget(experiment: Experiment, name: str) -> dict[str, Any] | None:
     """What a run cost: SFT steps and oracle examples; the steps of its mode after SFT (GRPO, RFT
     rounds, DPO, PPO) and the trajectories they sampled (none for DPO on a file of pairs); optimizer
-    steps; wall time on this machine. A run started from another (``model.init_from``) includes it.
+    steps; wall time on this machine, steps that a kill made it redo included (``redone_steps``, from
+    metrics.redone.jsonl). A run started from another (``model.init_from``) includes it.
     None for a run that has not logged a step yet (its parent's cost is not its own)."""
+    from agentenv.trainers.metrics import REDONE_METRICS
     from agentenv.trainers.train import rollout_shape
 
     config = run_config(experiment, name)
@@ -276,6 +278,8 @@ def run_budget(experiment: Experiment, name: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    redone_path = path.with_name(REDONE_METRICS)
+    redone = [json.loads(line) for line in redone_path.read_text().splitlines()] if redone_path.is_file() else []
     steps = [r for r in records if "phase" in r]
     sft = [r for r in steps if r["phase"] == "sft"]
     trained = [r for r in steps if r["phase"] != "sft"]
@@ -288,13 +292,14 @@ def run_budget(experiment: Experiment, name: str) -> dict[str, Any] | None:
         "mode_steps": len(trained),
         "samples": len(trained) * samples_each_step,
         "optimizer_steps": len(sft) + int(sum(r.get("update/optimizer_steps", 0) for r in trained)),
-        "wall_s": sum(r.get("time/step_s", 0.0) + r.get("time/dev_eval_s", 0.0) for r in records),
+        "wall_s": sum(r.get("time/step_s", 0.0) + r.get("time/dev_eval_s", 0.0) for r in records + redone),
+        "redone_steps": sum("phase" in r for r in redone),
     }
     init_from = config.model.init_from
     parent = next((n for n in experiment.runs if init_from and Path(init_from) == experiment.run_dir(n)), None)
     before = run_budget(experiment, parent) if parent is not None else None
     if before is not None:  # the row's budget includes its warm start
-        for key in ("sft_steps", "sft_examples", "optimizer_steps", "wall_s"):
+        for key in ("sft_steps", "sft_examples", "optimizer_steps", "wall_s", "redone_steps"):
             budget[key] += before[key]
     return budget
 
@@ -391,8 +396,10 @@ def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
             lines.append(f"| {name} | not trained yet | | | | | |")
         elif b:
             after = f"{b['mode_steps']} ({b['mode']})" if b["mode"] != "sft" else "0"
+            count = b.get("redone_steps", 0)
+            redone = f" ({count} step{'s' * (count > 1)} redone after a kill)" if count else ""
             lines.append(f"| {name} | {b['sft_steps']} | {b['sft_examples']} | {after} | {b['samples']} | "
-                         f"{b['optimizer_steps']} | {b['wall_s'] / 60:.1f} min |")
+                         f"{b['optimizer_steps']} | {b['wall_s'] / 60:.1f} min{redone} |")
         else:
             lines.append(f"| {name} | 0 | 0 | 0 | 0 | 0 | — |")
     return "\n".join(lines) + "\n"

@@ -9,8 +9,9 @@
   (prompt / policy / tool) and a ``text`` in which tool output is marked ``[TOOL]…[/TOOL]``.
 
 After a resume, ``metrics.jsonl`` keeps only the steps up to the checkpoint, so the curves of a
-killed and resumed run are those of an uninterrupted one; the wandb run continues under the id kept
-in ``wandb/run_id``.
+killed and resumed run are those of an uninterrupted one; the steps cut from it move to
+``metrics.redone.jsonl`` (computed once, thrown away, computed again: the experiment report counts
+their time in the run's wall time). The wandb run continues under the id kept in ``wandb/run_id``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 TOOL_OPEN, TOOL_CLOSE = "[TOOL]", "[/TOOL]"
+# The steps a killed run logged past the checkpoint it resumed from, appended at each resume.
+REDONE_METRICS = "metrics.redone.jsonl"
 
 
 class MetricsLogger:
@@ -46,7 +49,7 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        restart_jsonl(self.path, resume_step)
+        restart_jsonl(self.path, resume_step, cut_to=self.run_dir / REDONE_METRICS)
         self._file = self.path.open("a")
         self._writer = None
         if tensorboard:
@@ -100,14 +103,23 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def restart_jsonl(path: Path, resume_step: int | None) -> None:
+def restart_jsonl(path: Path, resume_step: int | None, cut_to: Path | None = None) -> None:
     """Prepare a per-step JSONL file for appending: emptied for a fresh run (``resume_step`` None),
-    cut after ``resume_step`` for a resumed one (the steps a killed run wrote past its checkpoint)."""
+    cut after ``resume_step`` for a resumed one (the steps a killed run wrote past its checkpoint).
+    ``cut_to``: append the whole lines cut to this file instead of dropping them (a fresh run
+    empties it too)."""
     if resume_step is not None and path.exists():
-        kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if _step_of(line) <= resume_step]
+        cut = [line for line in lines if resume_step < _step_of(line) < math.inf]
         path.write_text("".join(line + "\n" for line in kept))
+        if cut_to is not None and cut:
+            with cut_to.open("a") as file:
+                file.write("".join(line + "\n" for line in cut))
     elif resume_step is None:
         path.write_text("")
+        if cut_to is not None:
+            cut_to.unlink(missing_ok=True)
 
 
 def _step_of(line: str) -> float:
