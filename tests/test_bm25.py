@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import multiprocessing
 import random
 import re
 
@@ -166,9 +167,20 @@ def test_an_index_built_without_out_dir_can_be_saved(tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_search_batch_equals_single_searches(backend):
-    passages, queries = encyclopedic_corpus(300, 40, seed=1)
-    index = BM25Index.build(passages, backend=backend, show_progress=False)
+    passages, queries = encyclopedic_corpus(300, 39, seed=1)
+    # More threads than this machine has cores, and shares of unequal size (39 = 10 + 10 + 10 + 9):
+    # the batch is spread over them, the order is kept.
+    index = BM25Index.build(passages, backend=backend, show_progress=False, threads=4)
+    assert index.threads == 4
     assert index.search_batch(queries, k=5) == [index.search(query, k=5) for query in queries]
+    one_thread = BM25Index.load(index.directory, threads=1)
+    assert one_thread.search_batch(queries, k=5) == index.search_batch(queries, k=5)
+
+
+def test_threads_must_be_positive(tmp_path):
+    BM25Index.build(PASSAGES, out_dir=tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        BM25Index.load(tmp_path, threads=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -369,3 +381,19 @@ def test_cli_names_the_bad_line_of_a_corpus(tmp_path, capsys):
 def test_cli_info_on_a_missing_index_fails_with_a_message(tmp_path, capsys):
     assert main(["index", "info", str(tmp_path)]) == 1
     assert "not a BM25 index" in capsys.readouterr().err
+
+
+def test_search_batch_works_in_a_forked_child_after_the_parent_used_its_threads(tmp_path):
+    # Rollout and server workers may fork a process that holds a loaded index.
+    passages, queries = encyclopedic_corpus(300, 12, seed=2)
+    index = BM25Index.build(passages, out_dir=tmp_path, show_progress=False, threads=2)
+    expected = index.search_batch(queries, k=3)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=lambda: results.put(index.search_batch(queries, k=3)))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():  # it hung: a pool whose threads stayed in the parent
+        child.kill()
+    assert child.exitcode == 0
+    assert results.get(timeout=5) == expected

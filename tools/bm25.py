@@ -28,10 +28,12 @@ import itertools
 import json
 import math
 import mmap
+import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -388,10 +390,18 @@ def _require_empty_directory(directory: Path, what: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
 
+def _usable_cpus() -> int:
+    # The CPUs this process may run on (a container's or taskset's share), where the OS says.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class BM25Index:
     """A BM25 index over passages ``{"id", "title", "text"}``; build it, save it, load it, search it.
 
-    Create one with :meth:`build` or :meth:`load`. Searching is thread-safe.
+    Create one with :meth:`build` or :meth:`load`. Searching is thread-safe, and
+    :meth:`search_batch` spreads its queries over ``threads`` threads.
     """
 
     def __init__(
@@ -399,11 +409,17 @@ class BM25Index:
         backend: _Backend,
         directory: Path,
         temporary: tempfile.TemporaryDirectory | None = None,
+        threads: int | None = None,
     ):
         self._backend = backend
         self.directory = directory
         # Keeps an index built without `out_dir` alive on disk as long as this object lives.
         self._temporary = temporary
+        self.threads = _usable_cpus() if threads is None else threads
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads!r}")
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
 
     @classmethod
     def build(
@@ -412,6 +428,7 @@ class BM25Index:
         backend: str = "tantivy",
         out_dir: str | Path | None = None,
         show_progress: bool = True,
+        threads: int | None = None,
     ) -> BM25Index:
         """Index passages in one streaming pass.
 
@@ -423,6 +440,7 @@ class BM25Index:
             out_dir: A new or empty directory for the index; a temporary one if None (deleted
                 when the index is garbage-collected; :meth:`save` it to keep it).
             show_progress: Show a tqdm bar counting passages.
+            threads: As in :meth:`load`.
         """
         if backend not in _BACKEND_CLASSES:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -450,12 +468,12 @@ class BM25Index:
             itertools.chain([first], checked), directory
         )
         progress.close()
-        index = cls(backend_index, directory, temporary)
+        index = cls(backend_index, directory, temporary, threads)
         index._write_manifest()
         return index
 
     @classmethod
-    def load(cls, directory: str | Path, prune: bool = True) -> BM25Index:
+    def load(cls, directory: str | Path, prune: bool = True, threads: int | None = None) -> BM25Index:
         """Open a saved index; tantivy's files are memory-mapped, not read into RAM.
 
         Args:
@@ -463,10 +481,13 @@ class BM25Index:
             prune: tantivy only: skip passages that cannot reach the top k before scoring them.
                 False scores every passage that holds a query term; the hits are the same, found
                 several times slower on large corpora (benchmarks compare the two).
+            threads: How many threads :meth:`search_batch` searches with (None: one per CPU this
+                process may use). tantivy releases the GIL while it searches, so they run in
+                parallel; 1 searches the batch in the caller's thread.
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
-        return cls(_BACKEND_CLASSES[manifest["backend"]].load(directory, prune), directory)
+        return cls(_BACKEND_CLASSES[manifest["backend"]].load(directory, prune), directory, threads=threads)
 
     def save(self, directory: str | Path) -> None:
         """Copy the index into a new or empty directory (nothing to do if it already lives there)."""
@@ -498,7 +519,22 @@ class BM25Index:
         """:meth:`search` for each query; one list of hits per query, in order."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        return [self._backend.search_tokens(tokenize(query), k) for query in queries]
+        tokenized = [tokenize(query) for query in queries]
+        if self.threads == 1 or len(tokenized) < 2:
+            return [self._backend.search_tokens(tokens, k) for tokens in tokenized]
+        # One share per thread (every threads-th query, so slow queries spread out): a future per query
+        # costs more than a search of a small index (measured: 0.8x one thread at 5 000 passages).
+        shares = [tokenized[i :: self.threads] for i in range(self.threads)]
+        searched = list(self._thread_pool().map(lambda share: [self._backend.search_tokens(t, k) for t in share], shares))
+        return [searched[i % self.threads][i // self.threads] for i in range(len(tokenized))]
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        # One pool for every caller (a server's request threads too), made in the process that
+        # uses it: a pool copied into a forked child has no threads and would never run its work.
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bm25")
+            self._pool_pid = os.getpid()
+        return self._pool
 
     def get(self, passage_id: str) -> dict[str, str]:
         """The passage ``{"id", "title", "text"}`` with this id; ``KeyError`` if there is none."""
