@@ -1,6 +1,6 @@
 """The multi-turn GRPO update's tokens/s: the shared-prefix and lean paths against the path before them, in one run.
 
-    python bench/update.py [--episodes 32] [--repeats 3]
+    python bench/update.py [--episodes 32] [--repeats 3] [--profile]
 
 The workload is the training run's own: configs/cpu-smollm2.yaml (the embedded SmolLM2-135M with
 LoRA r 16), and B·G = 32 episodes of the multi-turn geo search environment, played by the SFT
@@ -22,7 +22,9 @@ a gradient. Each path runs in a process of its own:
 All start from the same weights and must compute the same loss (checked). Reported: the median
 over ``--repeats`` updates of seconds and trained tokens/s (every token of every sequence, as
 ``throughput/train_tokens_per_s`` counts them), and peak RSS. Goal (issue 13): the path training
-takes by default (``GRPOConfig``'s ``shared_prefix``) ≥ 2x before.
+takes by default (``GRPOConfig``'s ``shared_prefix``) ≥ 2x before. ``--profile`` records each worker
+with py-spy into bench/out/profile-update-{shared,lean,before}.txt (``python bench/profile_top.py FILE
+--match grpo_update`` keeps the update's own samples).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="record each worker with py-spy")
     parser.add_argument("--worker", choices=("shared", "lean", "before"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -100,7 +103,8 @@ def main() -> int:
         return 0
     rows = []
     for path in ("shared", "lean", "before"):
-        row = run_worker(__file__, ["--worker", path, "--episodes", str(args.episodes), "--repeats", str(args.repeats)])
+        row = run_worker(__file__, ["--worker", path, "--episodes", str(args.episodes), "--repeats", str(args.repeats)],
+                         profile=f"update-{path}" if args.profile else None)
         print(json.dumps(row), flush=True)
         rows.append(row)
     from agentenv.trainers.grpo import GRPOConfig

@@ -92,6 +92,11 @@ def test_each_selector_on_scripted_episodes_and_the_curve_from_the_same_samples(
     assert selectors["majority"]["exact_match_by_n"] == {"1": 0.5, "2": 0.5, "4": 0.5}
     assert selectors["reward-model"]["exact_match_by_n"] == {"1": 0.5, "2": 0.0, "4": 0.0}
     assert result["pass_at_n"] == {"1": 0.5, "2": 0.5, "4": 1.0}
+    # What choosing among 4 adds over the first sample, question by question: a +1 0, b 0 0 / 0 -1
+    gains = {name: entry["gain_over_first"]["mean"] for name, entry in selectors.items()}
+    assert gains == {"verifier": 0.5, "majority": 0.0, "reward-model": -0.5}
+    assert selectors["verifier"]["gain_over_first"]["interval"] == [0.0, 1.0]  # resampling two questions
+    assert selectors["majority"]["exact_match_interval_by_n"] == {"1": [0.0, 1.0], "2": [0.0, 1.0], "4": [0.0, 1.0]}
     assert selectors["verifier"]["oracle"] and not selectors["majority"]["oracle"]
 
 
@@ -113,6 +118,7 @@ def test_eval_best_of_n_reports_em_per_n_and_writes_the_plot(tiny_model_dir, rew
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "best-of-N closed-book" in printed and "verifier (oracle)" in printed and "pass@n (ceiling)" in printed
+    assert "reward-model: N=2 − N=1" in printed and "(paired)" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == 2 and summary["temperature"] == 1.0
     assert summary["best_of_n"]["select"] == ["verifier", "majority", "reward-model"]

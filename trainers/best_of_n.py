@@ -14,7 +14,9 @@ With samples τ_1 … τ_N of one question, the answer is that of τ_î, where �
 
 Ties go to the earliest sample. The EM of the selected answer is reported for n = 1, 2, 4, …, N,
 each from the first n samples of every question (the same samples for every n and every selector),
-next to pass@n (any of the first n correct), the ceiling of any selector.
+next to pass@n (any of the first n correct), the ceiling of any selector. Each point has a 95 %
+bootstrap interval over questions, and each selector the paired gain of its choice among N over
+the first sample alone (n = 1: one sampled episode), with its interval: what selection adds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agentenv.rewards import normalize_answer
+from agentenv.trainers.evaluate import bootstrap_interval
 
 SELECTORS = ("verifier", "majority", "reward-model")
 
@@ -93,11 +96,14 @@ def best_of_n(records: Sequence[dict[str, Any]], selectors: Sequence[str], n: in
     }
     for name in selectors:
         select = SELECT[name]
-        curve = {str(k): mean([float(rs[:k][select(rs[:k])]["exact_match"]) for rs in questions.values()])
-                 for k in sizes}
+        correct = {k: [float(rs[:k][select(rs[:k])]["exact_match"]) for rs in questions.values()] for k in sizes}
+        curve = {str(k): mean(values) for k, values in correct.items()}
+        gains = [chosen - first for chosen, first in zip(correct[n], correct[1], strict=True)]
         result["selectors"][name] = {
             "exact_match": curve[str(n)],
             "exact_match_by_n": curve,
+            "exact_match_interval_by_n": {str(k): list(bootstrap_interval(values)) for k, values in correct.items()},
+            "gain_over_first": {"mean": mean(gains), "interval": list(bootstrap_interval(gains))},
             "selected_sample": {q: rs[select(rs)]["sample"] for q, rs in questions.items()},
             "oracle": name == "verifier",
         }
@@ -113,12 +119,16 @@ def format_best_of_n(mode: str, result: dict[str, Any]) -> str:
         label = f"{name} (oracle)" if entry["oracle"] else name
         lines.append(f"  {label:<26}" + "".join(f"{entry['exact_match_by_n'][str(k)]:>8.3f}" for k in sizes))
     lines.append(f"  {'pass@n (ceiling)':<26}" + "".join(f"{result['pass_at_n'][str(k)]:>8.3f}" for k in sizes))
+    for name, entry in result["selectors"].items():
+        gain = entry["gain_over_first"]
+        low, high = gain["interval"]
+        lines.append(f"  {name}: N={result['n']} − N=1 {gain['mean']:+.3f} [95 % CI {low:+.3f}, {high:+.3f}] (paired)")
     return "\n".join(lines)
 
 
 def plot_best_of_n(results: dict[str, dict[str, Any]], path: Path) -> Path | None:
-    """EM of the selected answer against N (log₂ axis), a line per mode and selector, pass@N dashed;
-    None without matplotlib."""
+    """EM of the selected answer against N (log₂ axis), a line per mode and selector with its 95 %
+    interval shaded, pass@N dashed; None without matplotlib."""
     try:
         import matplotlib
 
@@ -132,7 +142,10 @@ def plot_best_of_n(results: dict[str, dict[str, Any]], path: Path) -> Path | Non
         sizes = result["sizes"]
         for name, entry in result["selectors"].items():
             label = f"{mode}: {name}" + (" (oracle)" if entry["oracle"] else "")
-            ax.plot(sizes, [entry["exact_match_by_n"][str(k)] for k in sizes], marker="o", label=label, color=next(colours))
+            colour = next(colours)
+            ax.plot(sizes, [entry["exact_match_by_n"][str(k)] for k in sizes], marker="o", label=label, color=colour)
+            low, high = zip(*(entry["exact_match_interval_by_n"][str(k)] for k in sizes), strict=True)
+            ax.fill_between(sizes, low, high, color=colour, alpha=0.12, linewidth=0)
         ax.plot(sizes, [result["pass_at_n"][str(k)] for k in sizes], linestyle="--", color="#999999", linewidth=1,
                 label=f"{mode}: pass@N (ceiling)")
     ax.set_xscale("log", base=2)
