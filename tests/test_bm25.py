@@ -7,6 +7,7 @@ import random
 import re
 
 import pytest
+import tantivy
 
 from agentenv.cli import main
 from agentenv.tools import BM25Index, bm25
@@ -278,16 +279,32 @@ def pruned_and_exhaustive(request, tmp_path_factory):
     return pruned, exhaustive, queries, answered
 
 
+@pytest.mark.parametrize("candidates_by", ["rows", "stored ids"])
 @pytest.mark.parametrize("k", [1, 3, 10])
-def test_pruned_search_returns_the_hits_of_the_full_search(pruned_and_exhaustive, k, monkeypatch):
-    """Same passages, same scores, same order; and pruning, not the fallback, answered most."""
+def test_pruned_search_returns_the_hits_of_the_full_search(pruned_and_exhaustive, k, candidates_by, monkeypatch):
+    """Same passages, same scores, same order; and pruning, not the fallback, answered most.
+    Candidates are picked by their row fast field, or by stored ids as in an index built without it."""
     # Pruning pays from hundreds of thousands of skipped postings on; here it prunes from one on.
     monkeypatch.setattr(bm25, "MIN_SKIPPED_POSTINGS", 1)
     pruned, exhaustive, queries, answered = pruned_and_exhaustive
+    assert pruned._backend._has_rows
+    monkeypatch.setattr(pruned._backend, "_has_rows", candidates_by == "rows")
     answered.clear()
     for query in queries:
         assert pruned.search(query, k) == exhaustive.search(query, k), query
     assert sum(answered) >= 0.3 * len(queries)
+
+
+def test_an_index_without_the_row_field_is_searched_through_stored_ids(tmp_path):
+    schema = tantivy.SchemaBuilder()
+    schema.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
+    schema.add_text_field("body", tokenizer_name="whitespace", index_option="freq")
+    index = tantivy.Index(schema.build(), path=str(tmp_path))
+    writer = index.writer(heap_size=15_000_000, num_threads=1)
+    writer.add_document(tantivy.Document(id="p0", body="alpha beta"))
+    writer.commit()
+    writer.wait_merging_threads()
+    assert not bm25._TantivyBackend(tantivy.Index.open(str(tmp_path)))._has_rows
 
 
 def test_score_bound_exceeds_every_single_term_score():
