@@ -22,7 +22,13 @@ a gradient. Each path runs in a process of its own:
 All start from the same weights and must compute the same loss (checked). Reported: the median
 over ``--repeats`` updates of seconds and trained tokens/s (every token of every sequence, as
 ``throughput/train_tokens_per_s`` counts them), and peak RSS. Goal (issue 13): the path training
-takes by default (``GRPOConfig``'s ``shared_prefix``) ≥ 2x before. ``--profile`` records each worker
+takes by default (``GRPOConfig``'s ``shared_prefix``) ≥ 2x before.
+
+What bounds it: the transformer body runs forward and backward over every token (policy tokens
+attend to the tool output before them), about 4 N FLOPs a token for its N weights (2 N forward,
+2 N for the input gradients; LoRA's own gradients and attention add a few percent). Each worker
+also times a float32 matmul of the body's own shape on its threads; the body's achieved rate,
+4 N x tokens computed / update s, as a share of that matmul rate is how much room is left. ``--profile`` records each worker
 with py-spy into bench/out/profile-update-{shared,lean,before}.txt (``python bench/profile_top.py FILE
 --match grpo_update`` keeps the update's own samples).
 """
@@ -33,6 +39,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,13 +87,35 @@ def worker(args: argparse.Namespace) -> None:
         seconds.append(time.perf_counter() - started)
         losses.append(metrics["loss"])
     tokens = sum(len(e.token_ids) for e in episodes)
+    # The shared path runs each group's prompt once: the tokens the body computes.
+    prompts = {e.group: played[8 * e.group].trajectory.prompt_length for e in episodes}
+    members = Counter(e.group for e in episodes)
+    computed = tokens - sum((members[g] - 1) * prompts[g] for g in members) if args.path == "shared" else tokens
+    body = sum(module.weight.numel() for name, module in policy.model.named_modules()
+               if isinstance(module, torch.nn.Linear) and "lora_" not in name and "lm_head" not in name)
+    body_rate = 4 * body * computed / median(seconds) / 1e9
+    matmul = matmul_gflop_per_s(torch, policy.model.config.hidden_size, policy.model.config.intermediate_size)
     result = {
         "path": args.path, "episodes": len(episodes), "tokens": tokens,
         "policy_tokens": sum(sum(e.policy_mask) for e in episodes),
         "update_s": median(seconds), "tokens_per_s": tokens / median(seconds),
         "first_loss": losses[0], "peak_rss_mb": peak_rss_mb(),
+        "body_params_m": body / 1e6, "tokens_computed": computed, "body_gflop_per_s": body_rate,
+        "matmul_gflop_per_s": matmul, "share_of_matmul": body_rate / matmul,
     }
     Path(args.out).write_text(json.dumps(result))
+
+
+def matmul_gflop_per_s(torch, hidden: int, intermediate: int, tokens: int = 2048, repeats: int = 20) -> float:
+    """GFLOP/s of ``[tokens, hidden] @ [hidden, intermediate]`` in float32 on this process's threads
+    (an MLP projection over a micro-batch's tokens: the body's commonest matmul), best of ``repeats``."""
+    x, w = torch.randn(tokens, hidden), torch.randn(hidden, intermediate)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        x @ w
+        best = min(best, time.perf_counter() - started)
+    return 2 * tokens * hidden * intermediate / best / 1e9
 
 
 def main() -> int:
@@ -129,9 +158,15 @@ def main() -> int:
          f"search env in groups of 8 that share a prompt; median of {args.repeats} updates each",
          f"{default['path']} (the default path) / before tokens/s: {ratio:.2f}x (goal ≥ 2x: "
          f"{'met' if ratio >= 2 else 'missed'}); lean / before {lean_ratio:.2f}x; shared / lean {shared_ratio:.2f}x; "
-         f"the same first loss: {'yes' if same else 'NO'}"],
+         f"the same first loss: {'yes' if same else 'NO'}",
+         f"the body (≈ 4 N FLOPs a token, N = {default['body_params_m']:.0f} M) runs at {default['body_gflop_per_s']:.0f} "
+         f"GFLOP/s on the {default['path']} path, {default['share_of_matmul']:.0%} of a float32 matmul of its shape "
+         f"here ({default['matmul_gflop_per_s']:.0f} GFLOP/s); 2x before's tokens/s would need "
+         f"{2 * before['body_gflop_per_s'] / default['matmul_gflop_per_s'] * default['tokens_computed'] / before['tokens_computed']:.0%} of it"],
         [("path", "path"), ("update s", "update_s"), ("tokens/s", "tokens_per_s"), ("tokens", "tokens"),
-         ("policy tokens", "policy_tokens"), ("first loss", "first_loss"), ("peak RSS MB", "peak_rss_mb")],
+         ("policy tokens", "policy_tokens"), ("first loss", "first_loss"), ("tokens computed", "tokens_computed"),
+         ("body GFLOP/s", "body_gflop_per_s"), ("matmul GFLOP/s", "matmul_gflop_per_s"), ("share of matmul", "share_of_matmul"),
+         ("peak RSS MB", "peak_rss_mb")],
         rows,
     )
     return 0 if met else 1
