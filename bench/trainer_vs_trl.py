@@ -131,8 +131,8 @@ def one_turn_env(tokenizer, questions, max_turn_tokens: int, **_):
     """`agentenv eval`'s closed-book environment, rewarded by ``letter_share`` of the reply (the
     config's ``reward`` that ``make_envs`` passes is not used)."""
     from agentenv import ToolEnv
+    from agentenv.envs import CLOSED_BOOK_PROMPT
     from agentenv.rewards import Reward
-    from agentenv.trainers.evaluate import CLOSED_BOOK_PROMPT
 
     reward = Reward(terms=(("letter_share", lambda outcome: letter_share(outcome.answer or ""), 1.0),))
     return ToolEnv([], tokenizer=tokenizer, system_prompt=CLOSED_BOOK_PROMPT, questions=questions, reward=reward,

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import common  # noqa: E402
 import rollout as rollout_bench  # noqa: E402
-from trainer_vs_trl import letter_share  # noqa: E402
+from trainer_vs_trl import letter_share, one_turn_env  # noqa: E402
 
 
 def episode(*segments):
@@ -70,6 +70,13 @@ def test_the_shared_reward_varies_with_the_text():
     assert letter_share("abc") == 1.0
     assert letter_share("a1") == 0.5
     assert letter_share("") == 0.0
+
+
+def test_the_trl_comparisons_one_turn_env_rewards_the_reply_by_its_letter_share(tokenizer):
+    env = one_turn_env(tokenizer, [{"id": "q0", "question": "Capital of Peru?", "answers": ["Lima"]}], max_turn_tokens=8)
+    env.reset(options={"index": 0})
+    _, reward, terminated, _, _ = env.step("ab1!")  # a reply without a tool call is the answer
+    assert terminated and reward == 0.5
 
 
 def test_retrieval_speed_goals_compare_the_pruned_path_with_the_exhaustive_one_of_the_same_run():
