@@ -190,7 +190,10 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tokenizer):
     _, one = _update(tokenizer, episodes, PPOConfig(epochs=1, micro_batch_size=1))
     _, all_at_once = _update(tokenizer, episodes, PPOConfig(epochs=1, micro_batch_size=4))
     for name, grad in one.items():
-        torch.testing.assert_close(grad, all_at_once[name], rtol=1e-4, atol=1e-7)
+        # Equal up to float round-off of the summation order, which differs between CPUs: an absolute
+        # tolerance of 1e-7 failed on 6 of 3 M embedding entries on an AMD EPYC (8.8e-7 apart).
+        scale = all_at_once[name].abs().max().item()
+        torch.testing.assert_close(grad, all_at_once[name], rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_first_update_logs_the_critic_and_advantage_statistics(tokenizer):
