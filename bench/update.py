@@ -28,9 +28,10 @@ What bounds it: the transformer body runs forward and backward over every token 
 attend to the tool output before them), about 4 N FLOPs a token for its N weights (2 N forward,
 2 N for the input gradients; LoRA's own gradients and attention add a few percent). Each worker
 also times a float32 matmul of the body's own shape on its threads; the body's achieved rate,
-4 N x tokens computed / update s, as a share of that matmul rate is how much room is left. ``--profile`` records each worker
-with py-spy into bench/out/profile-update-{shared,lean,before}.txt (``python bench/profile_top.py FILE
---match grpo_update`` keeps the update's own samples).
+4 N x tokens computed / update s, as a share of that matmul rate is how much room is left.
+``--profile`` records each worker with py-spy into bench/out/profile-update-{shared,lean,before}.txt
+(``python bench/profile_top.py FILE`` sums it by function; its shares are of the whole worker,
+start-up included, so read them against ``grpo_update``'s own share).
 """
 
 from __future__ import annotations
