@@ -41,7 +41,7 @@ def test_dev_curve_adds_the_learned_reward_panel_when_a_run_was_scored_by_one(tm
         (tmp_path / name).mkdir()
         lines = []
         for step in range(1, 11):
-            record = {"step": step, "reward/mean": step / 10}
+            record = {"step": step, "reward/mean": step / 10, "exact_match": 0.5}
             if learned:
                 record["reward/reward_model_score"] = step / 5
             if step % 5 == 0:

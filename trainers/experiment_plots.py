@@ -79,7 +79,11 @@ def dev_curve(runs: dict[str, Path], path: Path, window: int = 10) -> Path | Non
         steps, reward = series(records, "reward/mean")
         if reward:
             reward_ax.plot(steps, reward, color=colour, alpha=0.25, linewidth=0.8)
-            reward_ax.plot(steps, moving_average(reward, window), color=colour, label=f"{name} (moving mean of {window})")
+            reward_ax.plot(steps, moving_average(reward, window), color=colour, label=f"{name}: reward (moving mean of {window})")
+        # The rollouts' own exact match beside the reward: under a learned reward the two can part.
+        steps, rollout_em = series(records, "exact_match")
+        if rollout_em:
+            reward_ax.plot(steps, moving_average(rollout_em, window), linestyle="--", color=colour, label=f"{name}: EM")
         if learned:
             steps, score = series(records, "reward/reward_model_score")
             if score:
@@ -88,7 +92,7 @@ def dev_curve(runs: dict[str, Path], path: Path, window: int = 10) -> Path | Non
             if score:
                 axes[2].plot(steps, score, marker="o", markersize=3, linestyle="--", color=colour, label=f"{name}: dev")
     dev_ax.set_title("held-out dev questions, greedy", fontsize=10)
-    reward_ax.set_title("training reward (sampled rollouts)", fontsize=10)
+    reward_ax.set_title("training rollouts (sampled): reward, exact match", fontsize=10)
     if learned:
         axes[2].set_title("learned reward model's raw score", fontsize=10)
     for ax in axes:
