@@ -76,9 +76,9 @@ demo: $(STAMP)
 experiment: $(STAMP)
 	$(BIN)/agentenv experiment --config configs/experiment-geo.yaml
 
-# The Goodhart experiment (configs/experiment-goodhart.yaml, ~2.5 h here: the reward model 1 h, each
-# arm ~25 min, then the test evaluations): the geo SFT agent, a reward model on its rollouts, then
-# GRPO on that learned reward against GRPO on the verifier.
+# The Goodhart experiment (configs/experiment-goodhart.yaml, ~2 h here: the SFT agent 9 min, the
+# reward model 1 h, each arm ~21 min, the test evaluations 13 min): the geo SFT agent, a reward model
+# on its rollouts, then GRPO on that learned reward against GRPO on the verifier.
 goodhart: reward-model
 	$(BIN)/agentenv experiment --config configs/experiment-goodhart.yaml
 
