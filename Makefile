@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: test test-fast test-slow demo experiment goodhart reward-model bench bench-retrieval bench-retrieval-speed bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy lint clean
+.PHONY: test test-fast test-slow demo experiment goodhart reward-model bench bench-retrieval bench-retrieval-speed bench-tool-batching bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,15 +33,19 @@ test-slow: $(STAMP)
 
 # Benchmarks print JSON lines, append their tables to bench/RESULTS.md and exit 1 when they miss
 # the goal they check; `make -k bench` runs them all (about 1.5 hours on 2 cores) even then.
-bench: bench-retrieval bench-retrieval-speed bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy
+bench: bench-retrieval bench-retrieval-speed bench-tool-batching bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy
 
 bench-retrieval: $(STAMP)
 	$(BIN)/python bench/retrieval.py --sizes 100000
 	$(BIN)/python bench/retrieval_load.py
 
-# Pruned against the full search at 1 M passages, API and server (issue 13).
+# Pruned against the full search at 1 M passages, API and server.
 bench-retrieval-speed: $(STAMP)
 	$(BIN)/python bench/retrieval_speed.py
+
+# One search turn of 64 environments with shared tools against one tool per environment.
+bench-tool-batching: $(STAMP)
+	$(BIN)/python bench/tool_batching.py
 
 bench-rollout: $(STAMP)
 	$(BIN)/python bench/rollout.py

@@ -15,7 +15,7 @@ register_envs()
 def train(config=None, overrides=(), out=None, resume=False, allow_config_change=False):
     """Train as ``agentenv train`` does and return the last step's metrics.
 
-    ``config`` is a YAML path, a ``TrainConfig`` (``agentenv.trainers.config.load_config``) or None
+    ``config`` is a YAML path, a ``TrainConfig`` (``agentenv.trainers.loop.config.load_config``) or None
     for the defaults; ``overrides`` are ``--set`` strings (``["grpo.group_size=8"]``); ``out`` is the
     run folder (default ``runs/<config name>``); ``resume`` continues from its newest checkpoint,
     with ``config=None`` under the run's own ``config.yaml`` (a change that alters what training
@@ -27,8 +27,8 @@ def train(config=None, overrides=(), out=None, resume=False, allow_config_change
     """
     from pathlib import Path
 
-    from agentenv.trainers.config import TrainConfig, load_config
-    from agentenv.trainers.train import train as train_run
+    from agentenv.trainers.loop.config import TrainConfig, load_config
+    from agentenv.trainers.loop.train import train as train_run
 
     if isinstance(config, TrainConfig):
         if overrides:
@@ -51,7 +51,7 @@ def evaluate(model="embedded", questions="geo:test", modes=None, out=None, **opt
 
         summary = agentenv.evaluate("runs/notebook", "geo:dev", modes=["agent"], limit=50)
     """
-    from agentenv.trainers.evaluate import evaluate_run, parse_args
+    from agentenv.trainers.evaluation.evaluate import evaluate_run, parse_args
 
     argv = ["--model", str(model), "--questions", str(questions)]
     if out is not None:

@@ -15,13 +15,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("agentenv.tools.index_cli", "build or inspect a BM25 index over a corpus"),
     "search": ("agentenv.tools.search_cli", "query an index and print ranked passages"),
     "serve-retriever": ("agentenv.tools.server", "serve an index over HTTP (Search-R1 protocol)"),
-    "train": ("agentenv.trainers.train", "train an agent with GRPO (or SFT) from a YAML config"),
-    "eval": ("agentenv.trainers.evaluate", "evaluate a model on held-out questions"),
-    "rm": ("agentenv.trainers.reward_model", "train a reward model on preference pairs (Bradley-Terry)"),
-    "experiment": ("agentenv.trainers.experiment", "train and evaluate every row of a comparison, one table"),
-    "probe": ("agentenv.trainers.probe", "share of GRPO groups with all-equal rewards, by G and temperature"),
-    "plot": ("agentenv.trainers.plot", "turn a training log into PNG curves"),
-    "view": ("agentenv.trainers.viewer", "the episodes of a run or an eval as one HTML page, coloured by source"),
+    "train": ("agentenv.trainers.loop.command", "train an agent with GRPO (or SFT) from a YAML config"),
+    "eval": ("agentenv.trainers.evaluation.evaluate", "evaluate a model on held-out questions"),
+    "rm": ("agentenv.trainers.loop.reward_model_training", "train a reward model on preference pairs (Bradley-Terry)"),
+    "experiment": ("agentenv.trainers.evaluation.experiment", "train and evaluate every row of a comparison, one table"),
+    "probe": ("agentenv.trainers.loop.probe", "share of GRPO groups with all-equal rewards, by G and temperature"),
+    "plot": ("agentenv.trainers.evaluation.plot", "turn a training log into PNG curves"),
+    "view": ("agentenv.trainers.evaluation.viewer", "the episodes of a run or an eval as one HTML page, coloured by source"),
 }
 
 

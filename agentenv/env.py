@@ -31,6 +31,7 @@ import numpy as np
 from gymnasium import spaces
 
 from agentenv.parsing import ParsedTurn, ToolCall, ToolCallParser, make_parser
+from agentenv.parsing import format_answer as default_answer_format
 from agentenv.rewards import EpisodeOutcome, Reward, RewardConfig
 from agentenv.tools.base import Tool, ToolOutput
 from agentenv.trajectory import Trajectory
@@ -128,7 +129,7 @@ class ToolEnv(gym.Env):
         reward = reward if reward is not None else RewardConfig()
         self.reward_fn = reward.build() if isinstance(reward, RewardConfig) else reward
         if isinstance(questions, str | os.PathLike):
-            from agentenv.envs import load_question_set
+            from agentenv.corpora import load_question_set
 
             questions = load_question_set(str(questions))
         self.questions = list(questions) if questions is not None else None
@@ -179,6 +180,35 @@ class ToolEnv(gym.Env):
     def step(self, action):
         """One policy turn: token ids (or text), then its tool calls and their output."""
         return step_batch([self], [action])[0]
+
+    # --- the oracle that SFT imitates ---------------------------------------------------------------
+
+    def oracle_calls(self, question: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The tool calls an oracle makes before it answers ``question`` (the SFT warm start
+        imitates them): ``(tool name, arguments)`` pairs. By default the question's own
+        ``oracle_calls`` records, ``[{"name": ..., "arguments": {...}}]``, if it has any; an
+        environment that knows how its tools answer its questions overrides this."""
+        return [(call["name"], dict(call.get("arguments", {}))) for call in question.get("oracle_calls", [])]
+
+    def oracle_actions(self, question: Mapping[str, Any]) -> list[str]:
+        """The turns an oracle plays, in this environment's call syntax: its calls (the last
+        ``max_turns − 1`` of them, so that the answer fits), then the first gold answer. A parser of
+        your own without ``format_call``/``format_answer`` gets the ``<answer>`` tags and no calls."""
+        format_call = getattr(self.parser, "format_call", None)
+        calls = [
+            format_call(self.tools[name], arguments)
+            for name, arguments in self.oracle_calls(question)
+            if name in self.tools and format_call is not None
+        ]
+        answer = question.get("answers", question.get("golden_answers"))
+        answer = answer if isinstance(answer, str) else answer[0]
+        tool_turns = calls[-(self.max_turns - 1) :] if self.max_turns > 1 else []
+        format_answer = getattr(self.parser, "format_answer", None) or default_answer_format
+        return [*tool_turns, format_answer(answer)]
+
+    def main_argument_call(self, tool_name: str, value: Any) -> tuple[str, dict[str, Any]]:
+        """``(tool_name, {its main argument: value})``: a call with one argument, for ``oracle_calls``."""
+        return tool_name, {self.tools[tool_name].main_argument: value}
 
     def render(self):
         if self.render_mode == "ansi":

@@ -31,12 +31,13 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 
+from agentenv.corpora import load_question_set  # noqa: F401  (agentenv.envs.load_question_set, as before)
 from agentenv.env import ToolEnv
 from agentenv.tools.calculator import CalculatorLimits, calculator, evaluate
 
@@ -65,6 +66,8 @@ def register_envs() -> None:
         if env_id not in gym.registry:
             # No TimeLimit wrapper: ToolEnv truncates on its own turn and token budgets.
             gym.register(id=env_id, entry_point=entry_point, disable_env_checker=False)
+    share_tools(SEARCH_QA_ID, _search_once(with_retriever=True))
+    share_tools(RAG_QA_ID, _search_once(with_retriever=False))
 
 
 class UnknownEnvironment(ValueError):
@@ -164,18 +167,22 @@ def _keywords_of(env_id: str) -> list[str]:
     return names
 
 
-def load_question_set(questions: str | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``"geo:train"``/``"geo:dev"``/``"geo:test"``, a file any loader reads, or records as they are."""
-    if not isinstance(questions, str):
-        return list(questions)
-    from agentenv.corpora import geo_path, load_questions
+# Env id -> a function that turns an environment's keywords into keywords holding tools built once
+# (``shared_tools``); ids without one get their keywords unchanged.
+SHARED_TOOL_BUILDERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
-    path = geo_path(questions.split(":", 1)[1]) if questions.startswith("geo:") else questions
-    return [
-        {**q.extra, "id": q.id, "question": q.question, "answers": list(q.answers), "kind": q.kind,
-         "entities": list(q.entities)}
-        for q in load_questions(path)
-    ]
+
+def share_tools(env_id: str, build: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Register how the environments of ``env_id`` share their tools: ``build(kwargs)`` returns the
+    keywords with the tools built (say, an index path replaced by one loaded search tool), and
+    ``EnvSpec.factory`` calls it once for all the environments it makes."""
+    SHARED_TOOL_BUILDERS[env_id] = build
+
+
+def shared_tools(env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``env_id``'s tools built once (``share_tools``), to hand to every environment."""
+    build = SHARED_TOOL_BUILDERS.get(env_id)
+    return build(dict(kwargs)) if build is not None else dict(kwargs)
 
 
 def geo_index_dir(show_progress: bool = True) -> Path:
@@ -206,25 +213,86 @@ def geo_index_dir(show_progress: bool = True) -> Path:
     return target
 
 
+def make_retriever(index: Any = None, retriever_url: str | list[str] | None = None) -> Any:
+    """What the search tool searches: a client of ``retriever_url`` (one server, or a list that
+    shares each turn's queries), an index folder or object, or the shipped geo index."""
+    if retriever_url is not None:
+        from agentenv.tools.retrieval_client import RetrieverClient
+
+        return RetrieverClient(retriever_url)
+    if index is None or isinstance(index, str | os.PathLike):
+        from agentenv.tools.bm25 import BM25Index
+
+        return BM25Index.load(index or geo_index_dir())
+    return index
+
+
 def make_search_tool(
     index: Any = None, retriever_url: str | list[str] | None = None, k: int = 3, max_tokens: int = 256,
     tokenizer: Any = None,
 ):
-    """The search tool over ``retriever_url`` (one server, or a list that shares each turn's
-    queries), an index folder or object, or the shipped geo index."""
+    """The search tool over ``make_retriever(index, retriever_url)``."""
     from agentenv.tools.search import search_tool
 
-    if retriever_url is not None:
-        from agentenv.tools.retrieval_client import RetrieverClient
+    return search_tool(make_retriever(index, retriever_url), k=k, max_tokens=max_tokens, tokenizer=tokenizer)
 
-        backend = RetrieverClient(retriever_url)
-    elif index is None or isinstance(index, str | os.PathLike):
-        from agentenv.tools.bm25 import BM25Index
 
-        backend = BM25Index.load(index or geo_index_dir())
-    else:
-        backend = index
-    return search_tool(backend, k=k, max_tokens=max_tokens, tokenizer=tokenizer)
+def _search_once(with_retriever: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``share_tools`` for the search environments: one retriever and one search tool for all."""
+
+    def build(kwargs: dict[str, Any]) -> dict[str, Any]:
+        if kwargs.get("search") is not None:
+            return kwargs
+        from agentenv.tools.search import search_tool
+
+        tokenizer = kwargs.get("tokenizer", "embedded")
+        if isinstance(tokenizer, str):
+            from agentenv.models import load_tokenizer
+
+            tokenizer = kwargs["tokenizer"] = load_tokenizer(tokenizer)
+        retriever = make_retriever(kwargs.pop("index", None), kwargs.pop("retriever_url", None))
+        kwargs["search"] = search_tool(
+            retriever, k=kwargs.pop("k", 3), max_tokens=kwargs.pop("max_search_tokens", 256), tokenizer=tokenizer
+        )
+        if with_retriever:
+            kwargs["retriever"] = retriever
+        return kwargs
+
+    return build
+
+
+class CalculatorEnv(ToolEnv):
+    """A ``ToolEnv`` whose oracle calculates a question's ``expression`` before answering."""
+
+    def oracle_calls(self, question: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        calls = super().oracle_calls(question)
+        if question.get("expression") and "calculator" in self.tools:
+            calls.append(self.main_argument_call("calculator", question["expression"]))
+        return calls
+
+
+class SearchQAEnv(CalculatorEnv):
+    """Search + calculator + answer. Its oracle searches for the titles of the passages a question
+    was written from (its ``entities``, looked up in the retriever), or for the question itself
+    when the retriever cannot say, then calculates, then answers."""
+
+    def __init__(self, search: Any, retriever: Any = None, **env_kwargs: Any):
+        super().__init__(tools=[search, calculator], **env_kwargs)
+        self.retriever = retriever
+
+    def oracle_calls(self, question: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        queries = self.entity_titles(question) or [question["question"]]
+        return [self.main_argument_call("search", query) for query in queries] + super().oracle_calls(question)
+
+    def entity_titles(self, question: Mapping[str, Any]) -> list[str]:
+        get = getattr(self.retriever, "get", None)
+        titles = []
+        for entity in question.get("entities", []) if get is not None else []:
+            try:
+                titles.append(get(entity)["title"])
+            except (KeyError, TypeError):
+                continue
+        return titles
 
 
 def make_search_qa_env(
@@ -234,16 +302,21 @@ def make_search_qa_env(
     k: int = 3,
     max_search_tokens: int = 256,
     tokenizer: Any = "embedded",
+    search: Any = None,
+    retriever: Any = None,
     **env_kwargs: Any,
 ) -> ToolEnv:
-    """Search + calculator over a BM25 index (default: the shipped ``geo`` corpus)."""
-    if isinstance(tokenizer, str):
-        from agentenv.models import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer)
-    search = make_search_tool(index, retriever_url, k=k, max_tokens=max_search_tokens, tokenizer=tokenizer)
-    return ToolEnv(
-        tools=[search, calculator],
+    """Search + calculator over a BM25 index (default: the shipped ``geo`` corpus), a retrieval
+    server, or a ``search`` tool built already (with the ``retriever`` it searches)."""
+    if search is None:
+        shared = _search_once(with_retriever=True)(
+            {"index": index, "retriever_url": retriever_url, "k": k, "max_search_tokens": max_search_tokens,
+             "tokenizer": tokenizer}
+        )
+        search, retriever, tokenizer = shared["search"], shared["retriever"], shared["tokenizer"]
+    return SearchQAEnv(
+        search,
+        retriever,
         tokenizer=tokenizer,
         questions=load_question_set(questions) if questions is not None else None,
         **env_kwargs,
@@ -319,7 +392,7 @@ def make_calculator_env(
     if questions is None:
         questions = arithmetic_questions(num_questions, seed)
     env_kwargs.setdefault("reward", None)
-    return ToolEnv(tools=[calculator], questions=questions, **env_kwargs)
+    return CalculatorEnv(tools=[calculator], questions=questions, **env_kwargs)
 
 
 _WORD_PROBLEMS = (

@@ -76,6 +76,18 @@ class ToolCallParser(Protocol):
 
     def instructions(self, tools: dict[str, Tool]) -> str: ...
 
+    def format_call(self, tool: Tool, arguments: dict[str, Any]) -> str:
+        """The text of one call in this syntax, which ``parse`` reads back as that call."""
+        ...
+
+    def format_answer(self, answer: str) -> str:
+        """The text of a final answer in this syntax."""
+        ...
+
+
+def format_answer(answer: str) -> str:
+    return f"<{ANSWER_TAG}>{answer}</{ANSWER_TAG}>"
+
 
 def unwrap_answer(text: str) -> str:
     """Strip whitespace and a ReSearch-style ``\\boxed{...}`` around the final answer."""
@@ -284,6 +296,22 @@ class TagParser:
     def stop_strings(self, tools: dict[str, Tool]) -> list[str]:
         return [f"</{name}>" for name in tools] + [f"</{ANSWER_TAG}>"]
 
+    def format_call(self, tool: Tool, arguments: dict[str, Any]) -> str:
+        form = tag_form(tool)
+        if form == "none":
+            body = ""
+        elif form == "text":
+            body = str(arguments[tool.main_argument])
+        elif form == "value":
+            [value] = arguments.values()
+            body = str(value)
+        else:
+            body = json.dumps(arguments)
+        return f"<{tool.name}>{body}</{tool.name}>"
+
+    def format_answer(self, answer: str) -> str:
+        return format_answer(answer)
+
     def format_results(self, outputs: list[str]) -> str:
         body = "\n\n".join(outputs)
         return f"\n<{self.result_tag}>\n{body}\n</{self.result_tag}>\n"
@@ -348,6 +376,13 @@ class JsonParser:
 
     def stop_strings(self, tools: dict[str, Tool]) -> list[str]:
         return [f"</{self.call_tag}>", f"</{ANSWER_TAG}>"]
+
+    def format_call(self, tool: Tool, arguments: dict[str, Any]) -> str:
+        payload = json.dumps({"name": tool.name, "arguments": arguments})
+        return f"<{self.call_tag}>{payload}</{self.call_tag}>"
+
+    def format_answer(self, answer: str) -> str:
+        return format_answer(answer)
 
     def format_results(self, outputs: list[str]) -> str:
         return "\n\n".join(outputs)

@@ -16,7 +16,7 @@ turn k of episode i earns the credit::
 
     c_{i,k} = Σ_term w_term · term(turn k, turns 1 … k−1, gold answers of i)
 
-GRPO adds c_{i,k} to the advantage of every token the policy generated in turn k (trainers/grpo.py:
+GRPO adds c_{i,k} to the advantage of every token the policy generated in turn k (trainers/algorithms/grpo.py:
 A_{i,t} = A_i + c_{i,k(t)}), raw, so a weight is in the units of a standardised group advantage.
 The credit lands on the turn that earned it, not on every turn before it (no return-to-go): a
 search that found the answer is rewarded, the turns that led to it keep only the outcome's

@@ -1,4 +1,5 @@
-"""A trajectory is a list of token segments, each tagged with who produced it.
+"""A trajectory is a list of token segments, each tagged with who produced it; an episode is a
+finished trajectory with its reward.
 
 The loss mask is built from the tags, never from decoded text: ``policy`` tokens get loss,
 ``prompt`` and ``tool`` tokens do not. The ids stored for a policy segment are exactly the ids the
@@ -8,7 +9,9 @@ policy emitted, so the trainer scores what the engine sampled (token in, token o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from agentenv.rewards import exact_match
 
 Source = Literal["prompt", "policy", "tool"]
 SOURCES: tuple[Source, ...] = ("prompt", "policy", "tool")
@@ -82,3 +85,96 @@ class Trajectory:
 
     def __len__(self) -> int:
         return sum(len(s.token_ids) for s in self.segments)
+
+
+@dataclass
+class Episode:
+    """One finished episode, as every loss and every metric reads it: its trajectory (token ids,
+    tags, engine logprobs), the reward and its terms, and what the environment reported.
+
+    ``group`` numbers the question: the samples of one question share it (a GRPO/RLOO group).
+    ``Episode.from_info`` builds one from a finished environment's ``info``.
+    """
+
+    trajectory: Trajectory
+    reward: float
+    group: int = 0
+    question: dict[str, Any] = field(default_factory=dict)
+    reward_components: dict[str, float] = field(default_factory=dict)
+    finish_reason: str | None = None
+    num_turns: int = 0
+    tool_calls: dict[str, int] = field(default_factory=dict)
+    answer: str | None = None
+    format_valid: bool = False
+    turns: list[dict[str, Any]] = field(default_factory=list)  # per turn, its calls (ToolEnv's info["turns"])
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any], reward: float, group: int = 0) -> Episode:
+        return cls(
+            trajectory=info["trajectory"],
+            reward=float(reward),
+            group=group,
+            question=info.get("question") or {},
+            reward_components=dict(info.get("reward_components", {})),
+            finish_reason=info.get("finish_reason"),
+            num_turns=info.get("num_turns", 0),
+            tool_calls=dict(info.get("tool_calls", {})),
+            answer=info.get("answer"),
+            format_valid=bool(info.get("format_valid", False)),
+            turns=list(info.get("turns", [])),
+        )
+
+    @classmethod
+    def from_tokens(
+        cls, token_ids: list[int], policy_mask: list[int], reward: float, group: int = 0,
+        policy_logprobs: list[float] | None = None,
+    ) -> Episode:
+        """An episode from flat token ids and a 0/1 policy mask: each run of 1s is a ``policy``
+        segment (with its share of ``policy_logprobs``), the 0s before the first one the
+        ``prompt``, every later run of 0s ``tool`` output."""
+        if len(token_ids) != len(policy_mask):
+            raise ValueError(f"{len(policy_mask)} mask entries for {len(token_ids)} tokens")
+        trajectory = Trajectory()
+        start, used = 0, 0
+        for end in range(1, len(token_ids) + 1):
+            if end == len(token_ids) or policy_mask[end] != policy_mask[start]:
+                if policy_mask[start]:
+                    logprobs = None
+                    if policy_logprobs is not None:
+                        logprobs, used = policy_logprobs[used : used + end - start], used + end - start
+                    trajectory.append("policy", token_ids[start:end], logprobs)
+                else:
+                    trajectory.append("tool" if trajectory.segments else "prompt", token_ids[start:end])
+                start = end
+        return cls(trajectory, float(reward), group)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.trajectory.token_ids
+
+    @property
+    def policy_mask(self) -> list[int]:
+        return self.trajectory.policy_mask
+
+    @property
+    def engine_logprobs(self) -> list[float] | None:
+        """The engine's logprob of every policy token, in order (None if it reported none)."""
+        return self.trajectory.policy_logprobs
+
+    @engine_logprobs.setter
+    def engine_logprobs(self, logprobs: list[float]) -> None:
+        """Replace the policy segments' logprobs, one per policy token in order."""
+        if len(logprobs) != self.trajectory.count("policy"):
+            raise ValueError(f"{len(logprobs)} logprobs for {self.trajectory.count('policy')} policy tokens")
+        segments, used = [], 0
+        for segment in self.trajectory.segments:
+            if segment.source == "policy":
+                n = len(segment.token_ids)
+                segment = Segment("policy", segment.token_ids, tuple(float(x) for x in logprobs[used : used + n]))
+                used += n
+            segments.append(segment)
+        self.trajectory.segments = segments
+
+    @property
+    def exact_match(self) -> float:
+        return exact_match(self.answer, self.question.get("answers", []))

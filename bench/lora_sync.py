@@ -23,10 +23,10 @@ from common import append_section, command_line, machine, peak_rss_mb, run_worke
 
 
 def worker(args: argparse.Namespace) -> None:
-    from agentenv.trainers.config import load_config
-    from agentenv.trainers.engines import SamplingConfig, VLLMEngine
-    from agentenv.trainers.rollout import rollout
-    from agentenv.trainers.train import load_policy, load_policy_tokenizer, make_envs
+    from agentenv.trainers.loop.build import load_policy, load_policy_tokenizer, make_envs
+    from agentenv.trainers.loop.config import load_config
+    from agentenv.trainers.rollout.engines import SamplingConfig, VLLMEngine
+    from agentenv.trainers.rollout.rollout import rollout
 
     config = load_config("configs/cpu-smollm2.yaml", [f"model.init_from={args.policy}"])
     tokenizer = load_policy_tokenizer(config)

@@ -36,7 +36,7 @@ SAVED_SHARE_GOAL = 0.5
 
 
 def bench_config(model: str, questions: int, group_size: int, steps: int, off_policy: bool):
-    from agentenv.trainers.config import load_config
+    from agentenv.trainers.loop.config import load_config
 
     return load_config(ROOT / "configs" / "tiny-test.yaml", [
         f"model.name={model}", f"max_steps={steps}", "engine.kind=transformers",
@@ -50,8 +50,8 @@ def bench_config(model: str, questions: int, group_size: int, steps: int, off_po
 def run(model: str, questions: int, group_size: int, steps: int) -> tuple[list[dict], dict]:
     import torch
 
-    from agentenv.trainers.metrics import read_jsonl
-    from agentenv.trainers.train import train
+    from agentenv.trainers.loop.metrics import read_jsonl
+    from agentenv.trainers.loop.train import train
 
     torch.set_num_threads(1)  # the trainer's core; the worker holds the other
     rows = []

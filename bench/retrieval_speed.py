@@ -7,7 +7,7 @@ Both paths search the same tantivy index over bench/retrieval.py's synthetic Zip
 
 * ``pruned``: ``BM25Index.load(dir)`` (the default), which skips the postings of the common query
   terms wherever it can show they cannot change the top k (``_TantivyBackend._pruned_hits``);
-* ``exhaustive``: ``BM25Index.load(dir, prune=False)``, the search before issue 13: tantivy's Python
+* ``exhaustive``: ``BM25Index.load(dir, prune=False)``, the search without pruning: tantivy's Python
   binding scores every posting of every query term.
 
 Each path runs in a process of its own: 5 warm-up queries, then ``--queries`` queries one at a time
@@ -17,8 +17,8 @@ one ``search_batch`` call (queries/s), top-10 each, with one search thread and w
 ``--server-index``) with and without ``--no-prune``: ``--clients`` loopback clients, one query of
 top 3 per request.
 
-Goals (issue 13): pruned p50 <= 1.5 ms and p95 <= 10 ms at 1 M passages, batch queries/s >= 3x
-exhaustive's on one thread (the batch before issue 13), server requests/s >= 2x with 0 errors. ``--profile`` records both API workers with
+Goals: pruned p50 <= 1.5 ms and p95 <= 10 ms at 1 M passages, batch queries/s >= 3x
+exhaustive's on one thread (the batch without pruning), server requests/s >= 2x with 0 errors. ``--profile`` records both API workers with
 py-spy into bench/out/profile-retrieval-{pruned,exhaustive}.txt (read them with profile_top.py).
 """
 
@@ -91,7 +91,7 @@ def worker(path: str, index_dir: str, queries: int, seed: int) -> dict:
 
 
 def goals(rows: dict[str, dict], same_hits: bool) -> list[tuple[str, bool]]:
-    """Each goal of issue 13 as (what was measured against what, met)."""
+    """Each goal in the module docstring as (what was measured against what, met)."""
     pruned, exhaustive = rows["pruned"], rows["exhaustive"]
     batch_ratio = pruned["batch_queries_per_s"] / exhaustive["batch_queries_per_s_1_thread"]
     server_ratio = pruned["requests_per_s"] / exhaustive["requests_per_s"]

@@ -18,7 +18,7 @@ Each engine runs in its own subprocess: load, one warm-up rollout, then ``--repe
 rollouts of B questions x G samples (one training step's rollout); medians are reported.
 
 Where the time goes. ``generation`` is time inside ``engine.generate``; ``env`` is everything else
-(resets, parsing, tool calls, tokenizing tool output; trainers/rollout.py measures both).
+(resets, parsing, tool calls, tokenizing tool output; trainers/rollout/rollout.py measures both).
 The prompt of turns 2, 3, ... is the whole episode so far: the engine must read the new tool
 output, and without a prefix cache it computes the whole history again. After each timed rollout
 every later turn is replayed with a one-token generation, twice: on its whole context, after
@@ -27,7 +27,7 @@ the rollout): ``turn 2+ prefill``; and on the new tokens alone. The difference i
 work on tokens the engine had already seen. Non-generation overhead = env + re-prefill, as a share
 of the rollout (reading the tool output is work any engine must do; it counts as generation).
 
-Goals (issue 6): vLLM >= 2x the transformers engine's generated tokens/s; overhead <= 10 % of
+Goals: vLLM >= 2x the transformers engine's generated tokens/s; overhead <= 10 % of
 rollout time. The script prints one JSON line per (workload, engine) and one per comparison,
 appends a table to bench/RESULTS.md, and exits with status 1 when a goal is missed.
 """
@@ -70,9 +70,9 @@ def ensure_default_policy() -> str:
 
 def make_environments(workload: str, count: int, tokenizer, search_index=None):
     """``count`` environments of the CPU training config (multi-turn) or eval's closed-book ones."""
-    from agentenv.trainers.config import load_config
-    from agentenv.trainers.evaluate import build_envs
-    from agentenv.trainers.train import make_envs
+    from agentenv.trainers.evaluation.evaluate import build_envs
+    from agentenv.trainers.loop.build import make_envs
+    from agentenv.trainers.loop.config import load_config
 
     config = load_config(CONFIG)
     if workload == "multi-turn":
@@ -109,7 +109,7 @@ def recomputed_history_tokens(engine, turns) -> tuple[int, int]:
 
     vLLM's prefix cache keeps whole blocks, so it recomputes the tail of the history past the last
     full block; the transformers engine keeps nothing between calls and recomputes all of it."""
-    from agentenv.trainers.engines import VLLMEngine
+    from agentenv.trainers.rollout.engines import VLLMEngine
 
     pairs = [pair for turn in turns for pair in turn]
     if isinstance(engine, VLLMEngine):
@@ -123,7 +123,7 @@ def time_later_prefill(engine, turns) -> tuple[float, float]:
     """(seconds to prefill the prompts of turns 2, 3, ... as the rollout did, seconds to prefill only
     their new tokens), for the ``turns`` of ``later_turn_contexts``: the difference is re-prefill,
     work on tokens the engine had already seen."""
-    from agentenv.trainers.engines import SamplingConfig, VLLMEngine
+    from agentenv.trainers.rollout.engines import SamplingConfig, VLLMEngine
 
     one_token = SamplingConfig(temperature=1.0, max_new_tokens=1, seed=0)
     as_in_rollout = new_tokens_only = 0.0
@@ -146,7 +146,7 @@ def time_later_prefill(engine, turns) -> tuple[float, float]:
 
 def load_engine(kind: str, policy: str, vllm_block_size: int | None = None):
     """(engine, tokenizer, description, seconds to load)."""
-    from agentenv.trainers.policy import load_policy_engine
+    from agentenv.trainers.rollout.policy import load_policy_engine
 
     started = time.perf_counter()
     options = {"block_size": vllm_block_size} if kind == "vllm" and vllm_block_size else {}
@@ -156,8 +156,8 @@ def load_engine(kind: str, policy: str, vllm_block_size: int | None = None):
 
 def measure_workload(engine, envs, questions: list[dict], group_size: int, repeats: int) -> dict:
     """A warm-up rollout, then ``repeats`` timed ones on fresh questions; medians of their measures."""
-    from agentenv.trainers.engines import SamplingConfig
-    from agentenv.trainers.rollout import rollout
+    from agentenv.trainers.rollout.engines import SamplingConfig
+    from agentenv.trainers.rollout.rollout import rollout
 
     B = len(envs) // group_size
     if B * (repeats + 1) > len(questions):

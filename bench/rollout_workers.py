@@ -44,7 +44,7 @@ OVERHEAD_GOAL = 1.2
 
 
 def bench_config(model: str, workers: int, num_cpus: float):
-    from agentenv.trainers.config import load_config
+    from agentenv.trainers.loop.config import load_config
 
     return load_config(ROOT / "configs" / "tiny-test.yaml", [
         f"model.name={model}", "lora.enabled=false", "engine.kind=transformers",
@@ -93,10 +93,10 @@ def run(model: str, questions_per_rollout: int, group_size: int, repeats: int, t
     import ray
     import torch
 
-    from agentenv.trainers.engines import SamplingConfig, TransformersEngine
-    from agentenv.trainers.rollout import rollout
-    from agentenv.trainers.train import load_policy, load_policy_tokenizer, make_envs
-    from agentenv.trainers.workers import RolloutWorkers
+    from agentenv.trainers.loop.build import load_policy, load_policy_tokenizer, make_envs
+    from agentenv.trainers.rollout.engines import SamplingConfig, TransformersEngine
+    from agentenv.trainers.rollout.rollout import rollout
+    from agentenv.trainers.rollout.workers import RolloutWorkers
 
     torch.set_num_threads(threads)
     config = bench_config(model, 0, 1)

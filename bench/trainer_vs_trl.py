@@ -13,7 +13,7 @@ KL beta, micro-batches of 4, fp32 on CPU, transformers generation on both sides.
 cheap function of the completion text that varies between samples (its share of letters), so
 every group has non-zero advantages and both trainers do the full update.
 
-* ours: ``agentenv train`` itself (``trainers/train.py``), on a one-turn environment registered here;
+* ours: ``agentenv train`` itself (``trainers/loop/train.py``), on a one-turn environment registered here;
   its metrics split each step into rollout (generation), update and weight sync;
 * ours again with the vLLM engine (3-7x the transformers engine here, bench/rollout.py), as a third
   row that is not part of the goal: TRL 1.16's vLLM support asks for vllm 0.22-0.31, and this
@@ -24,7 +24,7 @@ every group has non-zero advantages and both trainers do the full update.
   (reward, log-probs, backward, optimizer) is optimisation.
 
 Each trainer runs ``--warmup`` + ``--steps`` steps in its own process; the median of the timed
-steps and the process's peak RSS are reported. Goal (issue 13; issue 6's was 0.7x): ours <= 0.5x TRL's
+steps and the process's peak RSS are reported. Goal (tightened from an earlier 0.7x): ours <= 0.5x TRL's
 seconds per step at <= TRL's peak memory; the script exits with status 1 when it is missed.
 """
 
@@ -143,8 +143,8 @@ def one_turn_env(tokenizer, questions, max_turn_tokens: int, **_):
 def run_ours(settings: dict, engine: str = "transformers") -> dict:
     import gymnasium as gym
 
-    from agentenv.trainers.config import load_config
-    from agentenv.trainers.train import train
+    from agentenv.trainers.loop.config import load_config
+    from agentenv.trainers.loop.train import train
 
     gym.register(ONE_TURN_ID, entry_point=one_turn_env)
     overrides = {

@@ -17,11 +17,11 @@ a gradient. Each path runs in a process of its own:
 * ``lean``: ``grpo.lean_update: true`` (the default): the vocabulary projection only where the next
   token is a policy token, micro-batches of similar lengths;
 * ``before``: ``grpo.lean_update: false``: the projection at every position after the shortest
-  prompt, micro-batches in batch order (the update before issue 13).
+  prompt, micro-batches in batch order (the update without the lean path).
 
 All start from the same weights and must compute the same loss (checked). Reported: the median
 over ``--repeats`` updates of seconds and trained tokens/s (every token of every sequence, as
-``throughput/train_tokens_per_s`` counts them), and peak RSS. Goal (issue 13): the path training
+``throughput/train_tokens_per_s`` counts them), and peak RSS. Goal: the path training
 takes by default (``GRPOConfig``'s ``shared_prefix``) ≥ 2x before.
 
 What bounds it: the transformer body runs forward and backward over every token (policy tokens
@@ -50,10 +50,10 @@ from common import append_section, command_line, machine, median, peak_rss_mb, r
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from agentenv.trainers.config import load_config
-    from agentenv.trainers.grpo import Episode, grpo_update
-    from agentenv.trainers.sft import oracle_episode
-    from agentenv.trainers.train import (
+    from agentenv.trainers.algorithms.grpo import Episode, grpo_update
+    from agentenv.trainers.algorithms.sft import oracle_episode
+    from agentenv.trainers.loop.config import load_config
+    from agentenv.trainers.loop.train import (
         build_optimizer,
         entity_names,
         load_policy,
@@ -137,7 +137,7 @@ def main() -> int:
                          profile=f"update-{path}" if args.profile else None)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    from agentenv.trainers.grpo import GRPOConfig
+    from agentenv.trainers.algorithms.grpo import GRPOConfig
 
     shared, lean, before = rows
     # The goal is on the path training takes by default.

@@ -9,7 +9,9 @@ See corpora/geo/README.md for what the geography corpus holds and how it is rebu
 corpora/airports/README.md for the airports corpus, a held-out domain for evaluation only.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from agentenv.corpora.loaders import DataFormatError, Question, load_corpus, load_questions
 
@@ -22,6 +24,8 @@ __all__ = [
     "airports_path",
     "geo_path",
     "load_corpus",
+    "load_question_set",
+    "question_class",
     "load_questions",
 ]
 
@@ -47,3 +51,30 @@ def _shipped_file(directory: Path, name: str, corpus: str) -> Path:
     raise FileNotFoundError(
         f"no shipped {corpus} file named {name!r} in {directory}; available: {available}"
     )
+
+
+def load_question_set(questions: str | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Question records ``{"id", "question", "answers", "kind", "entities", ...}`` of
+    ``"geo:train"``/``"geo:dev"``/``"geo:test"``, of a file any loader reads, or records as they are."""
+    if not isinstance(questions, str):
+        return list(questions)
+    path = geo_path(questions.split(":", 1)[1]) if questions.startswith("geo:") else questions
+    return [
+        {**q.extra, "id": q.id, "question": q.question, "answers": list(q.answers), "kind": q.kind,
+         "entities": list(q.entities)}
+        for q in load_questions(path)
+    ]
+
+
+def question_class(question: dict[str, Any]) -> str | None:
+    """The class a question's EM is reported by: its own ``class`` field if it has one, else
+    ``calculator``, ``two-hop`` or ``single-hop`` from its ``needs_calculator`` and ``hops`` (the geo
+    and airports sets carry both); None when it says neither."""
+    if question.get("class"):
+        return str(question["class"])
+    if question.get("needs_calculator"):
+        return "calculator"
+    hops = question.get("hops")
+    if hops is None:
+        return None
+    return "two-hop" if int(hops) >= 2 else "single-hop"

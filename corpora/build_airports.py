@@ -33,14 +33,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from agentenv.corpora import AIRPORTS_DIR
-from agentenv.corpora.build_geo import (
-    fold,
-    format_coordinates,
-    format_number,
-    stable_index,
-    with_article,
-    write_jsonl,
-)
+from agentenv.corpora.build_geo import format_coordinates, format_number, write_jsonl
+from agentenv.corpora.geo_entities import fold, stable_index, with_article
 from agentenv.corpora.geo_questions import decimal_forms, integer_forms, record, round_half_up
 
 SPLITS = ("dev", "test")

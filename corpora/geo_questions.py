@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 
-from agentenv.corpora.build_geo import City, Country, stable_index
+from agentenv.corpora.geo_entities import City, Country, stable_index
 
 SPLITS = ("train", "dev", "test")
 

@@ -47,7 +47,7 @@ def test_recomputed_history_is_everything_without_a_cache_and_the_block_tail_wit
     no_cache = object()  # not a VLLMEngine: the transformers engine keeps nothing between calls
     assert rollout_bench.recomputed_history_tokens(no_cache, rollout_bench.later_turn_contexts(batch)) == (5 + 9, 3 + 1)
 
-    from agentenv.trainers.engines import VLLMEngine
+    from agentenv.trainers.rollout.engines import VLLMEngine
 
     cached = VLLMEngine.__new__(VLLMEngine)  # only block_size is read
     cached.block_size = 4
@@ -84,7 +84,7 @@ def test_retrieval_speed_goals_compare_the_pruned_path_with_the_exhaustive_one_o
 
     pruned = {"p50_ms": 1.2, "p95_ms": 9.0, "batch_queries_per_s_1_thread": 160.0, "batch_threads": 2,
               "batch_queries_per_s": 300.0, "requests_per_s": 100.0, "errors": 0}
-    # The batch's baseline is the exhaustive search on one thread (before issue 13), not its threaded run.
+    # The batch's baseline is the exhaustive search on one thread (the search without pruning), not its threaded run.
     exhaustive = {"p50_ms": 8.0, "p95_ms": 14.0, "batch_queries_per_s_1_thread": 100.0, "batch_threads": 2,
                   "batch_queries_per_s": 190.0, "requests_per_s": 60.0, "errors": 0}
     checked = retrieval_speed.goals({"pruned": pruned, "exhaustive": exhaustive}, same_hits=True)

@@ -7,15 +7,16 @@ import pytest
 
 from agentenv.cli import main
 from agentenv.envs import arithmetic_questions, make_calculator_env
-from agentenv.trainers.best_of_n import (
+from agentenv.trainers.evaluation.best_of_n import (
     best_of_n,
+    draw_best_of_n,
     select_majority,
     select_reward_model,
     select_verifier,
     sizes_up_to,
 )
-from agentenv.trainers.engines import Completion, SamplingConfig, per_prompt_limits
-from agentenv.trainers.evaluate import evaluate_envs
+from agentenv.trainers.evaluation.evaluate import evaluate_envs
+from agentenv.trainers.rollout.engines import Completion, SamplingConfig, per_prompt_limits
 
 
 def record(sample, answer, reward, em, score=None, question="q"):
@@ -102,7 +103,13 @@ def test_each_selector_on_scripted_episodes_and_the_curve_from_the_same_samples(
 
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, tokenizer):
-    from agentenv.trainers.reward_model import build_reward_model, load_rm_config, save_reward_model
+    from agentenv.trainers.algorithms.reward_model import (
+        build_reward_model,
+        save_reward_model,
+    )
+    from agentenv.trainers.loop.reward_model_training import (
+        load_rm_config,
+    )
 
     config = load_rm_config(None, ["model.name=tiny-random", "lora.enabled=false", "data.pairs=x.jsonl"])
     folder = tmp_path_factory.mktemp("rm")
@@ -129,6 +136,16 @@ def test_eval_best_of_n_reports_em_per_n_and_writes_the_plot(tiny_model_dir, rew
     records = [json.loads(line) for line in (out / "transcripts-closed-book.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all("reward_model_score" in r for r in records)
     assert (out / "best-of-n.png").read_bytes()[:4] == b"\x89PNG"
+    # The chart's content, drawn from the result the command plotted: a line per selector, then pass@N.
+    (ax,) = draw_best_of_n({"closed-book": result}).axes
+    selectors, ceiling = ax.get_lines()[:-1], ax.get_lines()[-1]
+    assert [line.get_label() for line in selectors] == [
+        f"closed-book: {name}" + (" (oracle)" if entry["oracle"] else "") for name, entry in result["selectors"].items()]
+    for line, entry in zip(selectors, result["selectors"].values(), strict=True):
+        assert list(line.get_xdata()) == [1, 2]
+        assert list(line.get_ydata()) == [entry["exact_match_by_n"][n] for n in ("1", "2")]
+    assert ceiling.get_label() == "closed-book: pass@N (ceiling)"
+    assert list(ceiling.get_ydata()) == [result["pass_at_n"][n] for n in ("1", "2")]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Checkpoints: a round trip restores weights, optimizer, scheduler and RNG; a killed run resumes
+"""Checkpoints: a round trip restores weights, optimizer (its learning rates too) and RNG; a killed run resumes
 with the same next batch and the same parameters as an uninterrupted one; Ctrl-C checkpoints the
 step in progress and prints the command that resumes the run."""
 
@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from agentenv.models import tiny_random_model
-from agentenv.trainers.checkpoint import (
+from agentenv.trainers.algorithms.update import set_learning_rate
+from agentenv.trainers.loop.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -37,14 +38,13 @@ def _lora(tokenizer):
 
 def _train_a_little(model):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
     ids = torch.randint(0, 1000, (2, 12))
-    for _ in range(2):
+    for step in range(2):
+        set_learning_rate(optimizer, 1.0 / (step + 1))
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        scheduler.step()
-    return optimizer, scheduler
+    return optimizer
 
 
 def _trainable(model):
@@ -55,22 +55,21 @@ def _trainable(model):
 def test_round_trip_restores_everything(tmp_path, tokenizer, kind):
     make = (lambda: tiny_random_model(tokenizer)) if kind == "full" else (lambda: _lora(tokenizer))
     model = make()
-    optimizer, scheduler = _train_a_little(model)
+    optimizer = _train_a_little(model)
     saved = _trainable(model)
-    path = save_checkpoint(tmp_path, 7, model, optimizer, scheduler, {"cursor": 28, "phase": "grpo"}, {"seed": 0})
+    path = save_checkpoint(tmp_path, 7, model, optimizer, {"cursor": 28, "phase": "grpo"}, {"seed": 0})
     expected_draws = (random.random(), np.random.rand(), torch.rand(1).item())
 
     fresh = make()
     fresh_optimizer = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad], lr=0.01)
-    fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 1.0 / (step + 1))
     assert any(not torch.equal(saved[n], p) for n, p in _trainable(fresh).items())
-    state = load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
+    state = load_checkpoint(path, fresh, fresh_optimizer)
 
     assert state == {"cursor": 28, "phase": "grpo", "step": 7}
     for name, param in _trainable(fresh).items():
         assert torch.equal(param, saved[name]), name
-    assert fresh_scheduler.state_dict()["last_epoch"] == scheduler.state_dict()["last_epoch"] == 2
-    assert fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] == 0.005
+    assert fresh_optimizer.param_groups[0]["base_lr"] == 0.01
     first = next(iter(optimizer.state.values()))["exp_avg"]
     assert torch.equal(next(iter(fresh_optimizer.state.values()))["exp_avg"], first)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected_draws
@@ -86,21 +85,20 @@ class _CreatesFile:
         return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng.pt"])
+@pytest.mark.parametrize("name", ["optimizer.pt", "rng.pt"])
 def test_a_file_carrying_a_pickle_payload_is_refused_and_never_run(tmp_path, tokenizer, name):
     model = tiny_random_model(tokenizer)
-    optimizer, scheduler = _train_a_little(model)
-    path = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, {})
+    optimizer = _train_a_little(model)
+    path = save_checkpoint(tmp_path, 1, model, optimizer, {}, {})
     marker = tmp_path / "the-payload-ran"
     torch.save({"state": [_CreatesFile(marker)]}, path / name)
 
     fresh = tiny_random_model(tokenizer)
     before = _trainable(fresh)
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.01)
-    fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 1.0)
     refusal = rf"^{re.escape(str(path / name))}: refused to load \(it asks for io\.open\)"
     with pytest.raises(RuntimeError, match=refusal):
-        load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
+        load_checkpoint(path, fresh, fresh_optimizer)
     assert not marker.exists()
     assert all(torch.equal(param, before[n]) for n, param in _trainable(fresh).items())
     # The payload is live: a load that allows code (weights_only=False) runs it.
@@ -111,8 +109,8 @@ def test_a_file_carrying_a_pickle_payload_is_refused_and_never_run(tmp_path, tok
 def test_rng_state_from_before_plain_lists_still_loads(tmp_path, tokenizer):
     # Older checkpoints stored numpy's state as an ndarray; it rebuilds without running code.
     model = tiny_random_model(tokenizer)
-    optimizer, scheduler = _train_a_little(model)
-    path = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, {})
+    optimizer = _train_a_little(model)
+    path = save_checkpoint(tmp_path, 1, model, optimizer, {}, {})
     torch.save(
         {
             "python": random.getstate(),
@@ -122,15 +120,15 @@ def test_rng_state_from_before_plain_lists_still_loads(tmp_path, tokenizer):
         path / "rng.pt",
     )
     expected_draws = (random.random(), np.random.rand(), torch.rand(1).item())
-    load_checkpoint(path, tiny_random_model(tokenizer), None, None)
+    load_checkpoint(path, tiny_random_model(tokenizer), None)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected_draws
 
 
 def test_keeps_the_last_k_and_ignores_half_written_folders(tmp_path, tokenizer):
     model = tiny_random_model(tokenizer)
-    optimizer, scheduler = _train_a_little(model)
+    optimizer = _train_a_little(model)
     for step in (1, 2, 3):
-        save_checkpoint(tmp_path, step, model, optimizer, scheduler, {"cursor": step}, {}, keep_last=2)
+        save_checkpoint(tmp_path, step, model, optimizer, {"cursor": step}, {}, keep_last=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000002", "step_000003"]
     # A save killed before its rename leaves a .tmp folder; a folder without state.json is incomplete.
     (tmp_path / "checkpoints" / ".tmp-step_000004-x").mkdir()
@@ -249,7 +247,7 @@ def test_ctrl_c_checkpoints_the_step_in_progress_and_prints_the_command_that_res
 
 
 def test_resumed_metrics_keep_the_steps_up_to_the_checkpoint_and_move_the_rest_aside(tmp_path):
-    from agentenv.trainers.metrics import REDONE_METRICS, MetricsLogger
+    from agentenv.trainers.loop.metrics import REDONE_METRICS, MetricsLogger
 
     def log_steps(resume_step, steps):
         logger = MetricsLogger(tmp_path, tensorboard=False, resume_step=resume_step)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from agentenv.rewards import RewardConfig
-from agentenv.trainers.config import ConfigError, TrainConfig, load_config
+from agentenv.trainers.loop.config import ConfigError, TrainConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -21,8 +21,8 @@ def test_shipped_configs_load(path):
     if path.name.startswith("experiment-"):
         import yaml
 
-        from agentenv.trainers.experiment import load_experiment
-        from agentenv.trainers.reward_model import reward_model_folder
+        from agentenv.trainers.algorithms.reward_model import reward_model_folder
+        from agentenv.trainers.evaluation.experiment import load_experiment
 
         overrides = [o for run in (yaml.safe_load(path.read_text()).get("runs") or {}).values() for o in run]
         models = [o.partition("=")[2] for o in overrides if o.startswith("reward.model=")]
@@ -122,8 +122,14 @@ def test_off_policy_rollouts_need_grpo_workers_and_the_whole_distribution():
 
 
 def test_the_goodhart_experiment_loads_once_its_reward_model_exists(tmp_path, tokenizer):
-    from agentenv.trainers.experiment import load_experiment, run_config
-    from agentenv.trainers.reward_model import build_reward_model, load_rm_config, save_reward_model
+    from agentenv.trainers.algorithms.reward_model import (
+        build_reward_model,
+        save_reward_model,
+    )
+    from agentenv.trainers.evaluation.experiment import load_experiment, run_config
+    from agentenv.trainers.loop.reward_model_training import (
+        load_rm_config,
+    )
 
     rm_config = load_rm_config(None, ["model.name=tiny-random", "lora.enabled=false", "data.pairs=x.jsonl"])
     save_reward_model(build_reward_model(rm_config.model, rm_config.lora, tokenizer, seed=0), tmp_path / "rm" / "model")

@@ -12,7 +12,7 @@ from test_readme import readme_block
 
 from agentenv.cli import main
 from agentenv.envs import UnknownEnvironment, resolve_env_id
-from agentenv.trainers.checkpoint import latest_checkpoint
+from agentenv.trainers.loop.checkpoint import latest_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TEST = str(REPO / "configs" / "tiny-test.yaml")
@@ -89,11 +89,18 @@ def test_the_readme_env_trains_and_evaluates_from_the_cli(user_module, tmp_path,
     assert (latest_checkpoint(run) / "model" / "tokenizer_config.json").is_file()
 
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(run), "--env", ENV, "--questions", str(user_module),
-                 "--engine", "transformers", "--max-turns", "2", "--max-turn-tokens", "8", "--out", str(out)]) == 0
+    assert main(["eval", "--model", str(run), "--questions", str(user_module), "--engine", "transformers",
+                 "--out", str(out)]) == 0
     assert "my/WordLength-v0" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["modes"]) == ["my/WordLength-v0"]  # only the env's mode unless --mode says more
+    assert list(summary["modes"]) == ["my/WordLength-v0"]  # the run's own environment, alone
+    # Evaluated under the limits it trained with: the run's spec and the eval's record agree.
+    trained = json.loads((run / "env_spec.json").read_text())
+    evaluated = summary["modes"]["my/WordLength-v0"]["env"]
+    assert trained["id"] == evaluated["spec"]["id"] == ENV
+    for key, value in {"max_turns": 2, "max_turn_tokens": 12, "max_total_tokens": 256}.items():
+        assert trained["kwargs"][key] == evaluated["limits"][key] == value, key
+    assert evaluated["spec"]["reward"] == trained["reward"]
     records = [json.loads(line) for line in (out / "transcripts-my-WordLength-v0.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == ["questions-0", "questions-1"]
     assert {r["mode"] for r in records} == {"my/WordLength-v0"}

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from agentenv.models import tiny_random_model
-from agentenv.trainers.config import ConfigError, load_config
-from agentenv.trainers.dpo import (
+from agentenv.trainers.algorithms.dpo import (
     DPOConfig,
     append_pairs,
     dpo_loss,
@@ -19,7 +18,8 @@ from agentenv.trainers.dpo import (
     read_pairs,
     sequence_logprobs,
 )
-from agentenv.trainers.reward_model import PreferencePair, read_preference_pairs
+from agentenv.trainers.algorithms.reward_model import PreferencePair, read_preference_pairs
+from agentenv.trainers.loop.config import ConfigError, load_config
 from agentenv.trajectory import Trajectory
 
 # --- the loss by hand ------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def _update(tokenizer, pairs, config, lr=0.0, reference=True):
         original()
 
     optimizer.step = capture
-    metrics = dpo_update(model, optimizer, None, pairs, config, tokenizer.pad_token_id,
+    metrics = dpo_update(model, optimizer, pairs, config, tokenizer.pad_token_id,
                          reference_model=tiny_random_model(tokenizer) if reference else None, max_grad_norm=None)
     return metrics, grads, model
 
@@ -254,15 +254,15 @@ def test_lora_base_reference_is_the_model_with_its_adapter_disabled(tokenizer):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
     pairs = _pairs(len(tokenizer), torch.Generator().manual_seed(3))
     config = DPOConfig(reference="base", beta=0.5)
-    first = dpo_update(model, optimizer, None, pairs, config, tokenizer.pad_token_id)
+    first = dpo_update(model, optimizer, pairs, config, tokenizer.pad_token_id)
     assert first["dpo/margin"] == pytest.approx(0.0, abs=1e-6)  # LoRA's B starts at 0
-    later = [dpo_update(model, optimizer, None, pairs, config, tokenizer.pad_token_id) for _ in range(3)]
+    later = [dpo_update(model, optimizer, pairs, config, tokenizer.pad_token_id) for _ in range(3)]
     assert later[-1]["dpo/margin"] > 0 and later[-1]["loss"] < first["loss"]
 
 
 def test_an_update_without_pairs_is_skipped(tokenizer):
     model = tiny_random_model(tokenizer)
-    metrics = dpo_update(model, torch.optim.SGD(model.parameters(), lr=0.1), None, [], DPOConfig(), 0)
+    metrics = dpo_update(model, torch.optim.SGD(model.parameters(), lr=0.1), [], DPOConfig(), 0)
     assert metrics == {"update/skipped": 1.0, "dpo/pairs": 0.0}
 
 
@@ -272,7 +272,7 @@ def test_an_update_without_pairs_is_skipped(tokenizer):
 def test_a_run_trains_on_the_pairs_file_another_run_wrote(tmp_path):
     from test_learning import TINY_RUN, register_no_spaces_env
 
-    from agentenv.trainers.train import train
+    from agentenv.trainers.loop.train import train
 
     register_no_spaces_env()
     base = [*TINY_RUN, "mode=dpo", "dpo.questions_per_step=2", "dpo.samples_per_question=4", "checkpoint.every=10"]
@@ -286,7 +286,7 @@ def test_a_run_trains_on_the_pairs_file_another_run_wrote(tmp_path):
     assert [r["dpo/pairs"] for r in records] == [2, 2, 2]
     assert all("reward/mean" not in r for r in records)  # nothing was sampled
     state = json.loads(next((tmp_path / "offline" / "checkpoints").glob("step_*/state.json")).read_text())
-    assert state["pair_cursor"] == 6
+    assert state["item_cursor"] == 6
     assert not (tmp_path / "offline" / "pairs.jsonl").exists()
     with pytest.raises(ConfigError, match=r"dpo\.pairs: .*no such pairs file"):
         train(load_config(None, [*offline, f"dpo.pairs={tmp_path / 'missing.jsonl'}"]), tmp_path / "missing")

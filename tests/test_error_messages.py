@@ -10,7 +10,7 @@ import pytest
 from agentenv.cli import main
 from agentenv.corpora import load_corpus, load_questions
 from agentenv.tools.bm25 import BM25Index
-from agentenv.trainers.config import ConfigError, load_config
+from agentenv.trainers.loop.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TEST = str(REPO / "configs" / "tiny-test.yaml")

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from agentenv.cli import main
-from agentenv.trainers.evaluate import bootstrap_interval, summarise
-from agentenv.trainers.policy import PolicyNotFound, load_policy_model, locate_policy
+from agentenv.trainers.evaluation.evaluate import bootstrap_interval, draw_modes, summarise
+from agentenv.trainers.rollout.policy import PolicyNotFound, load_policy_model, locate_policy
 
 
 def run_eval(tiny_model_dir, out, *extra):
@@ -26,6 +26,14 @@ def test_eval_runs_all_three_modes_and_writes_its_outputs(tiny_model_dir, tmp_pa
     assert set(summary["modes"]) == {"closed-book", "rag", "agent"}
     assert summary["modes"]["agent"]["questions"] == 3
     assert (tmp_path / "base" / "modes.png").read_bytes()[:4] == b"\x89PNG"
+    # The chart's content, drawn from the summaries the command plotted: an EM bar per mode, then an F1 bar.
+    modes = summary["modes"]
+    (ax,) = draw_modes(modes).axes
+    assert ax.get_title() == "held-out questions (n = 3)"
+    assert [label.get_text() for label in ax.get_xticklabels()] == list(modes)
+    assert ax.get_legend_handles_labels()[1] == ["exact match (95% CI)", "token F1"]
+    expected = [m["exact_match"] for m in modes.values()] + [m["f1"] for m in modes.values()]
+    assert [bar.get_height() for bar in ax.patches] == pytest.approx(expected)
 
 
 def test_rag_puts_the_retrieved_passages_in_front_of_the_question(tokenizer):
@@ -102,13 +110,14 @@ def test_a_folder_that_is_no_model_is_refused(tmp_path):
 
 def test_summary_and_bootstrap():
     records = [
-        {"id": "q1", "exact_match": 1.0, "f1": 1.0, "searches": 1, "calculator_calls": 0, "turns": 2,
+        {"id": "q1", "exact_match": 1.0, "f1": 1.0, "tool_calls": {"search": 1}, "turns": 2,
          "format_valid": True, "policy_tokens": 10, "kind": "a"},
-        {"id": "q2", "exact_match": 0.0, "f1": 0.5, "searches": 3, "calculator_calls": 1, "turns": 4,
+        {"id": "q2", "exact_match": 0.0, "f1": 0.5, "tool_calls": {"search": 3, "lookup": 1}, "turns": 4,
          "format_valid": False, "policy_tokens": 30, "kind": "b"},
     ]
     summary = summarise(records)
-    assert summary["exact_match"] == 0.5 and summary["searches"] == 2 and summary["valid_format"] == 0.5
+    assert summary["exact_match"] == 0.5 and summary["valid_format"] == 0.5
+    assert summary["tool_calls"] == {"lookup": 0.5, "search": 2.0}  # every tool by name, 0 where not called
     assert summary["exact_match_by_kind"] == {"a": {"n": 1, "exact_match": 1.0}, "b": {"n": 1, "exact_match": 0.0}}
     low, high = bootstrap_interval([0.0, 1.0] * 50)
     assert 0.35 < low < 0.5 < high < 0.65

@@ -71,6 +71,26 @@ def test_experiment_trains_evaluates_reports_and_resumes(tmp_path, capsys):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG", plot
     dev = [json.loads(line) for line in (out / "grpo-agent" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in dev if "dev/exact_match" in r] == [0, 1, 2]
+    # The figures' content, drawn again from the results and the logs the command drew them from.
+    from agentenv.trainers.evaluation.experiment_plots import (
+        draw_dev_curve,
+        draw_em_by_kind,
+        draw_em_by_method,
+        draw_em_vs_searches,
+    )
+
+    by_method = draw_em_by_method(results)
+    assert [ax.get_title() for ax in by_method.axes] == ["geo (n = 3)", "airports (n = 2)"]
+    for ax, block in zip(by_method.axes, results["sets"].values(), strict=True):
+        assert [bar.get_height() for bar in ax.patches] == [row["exact_match"] for row in block["rows"].values()]
+    (scatter,) = draw_em_vs_searches(results).axes
+    assert len(scatter.collections) == 2 * 3  # a point per set and row
+    assert [ax.get_title() for ax in draw_em_by_kind(results).axes] == ["geo", "airports"]
+    dev_ax = draw_dev_curve({name: out / name for name in EXPERIMENT["runs"]}).axes[0]
+    em_line, f1_line = dev_ax.get_lines()  # only grpo-agent logged a dev curve
+    assert (em_line.get_label(), f1_line.get_label()) == ("grpo-agent: dev EM", "grpo-agent: dev F1")
+    assert list(em_line.get_xdata()) == [0, 1, 2]
+    assert list(em_line.get_ydata()) == [r["dev/exact_match"] for r in dev if "dev/exact_match" in r]
 
     summaries = sorted(out.glob("eval/*/*/summary.json"))
     assert len(summaries) == 6
@@ -99,7 +119,7 @@ def test_a_broken_experiment_config_names_the_problem(tmp_path, capsys):
 
 
 def test_budget_counts_each_modes_steps_samples_and_optimizer_steps(tmp_path):
-    from agentenv.trainers.experiment import format_report, load_experiment, run_budget
+    from agentenv.trainers.evaluation.experiment import format_report, load_experiment, run_budget
 
     runs = {
         "sft-agent": ["mode=sft", "max_steps=2"],

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from agentenv.trainers.config import load_config
-from agentenv.trainers.train import train
+from agentenv.trainers.loop.config import load_config
+from agentenv.trainers.loop.train import train
 
 
 @pytest.fixture(scope="module")

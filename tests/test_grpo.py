@@ -6,21 +6,19 @@ import pytest
 import torch
 
 from agentenv.models import tiny_random_model
-from agentenv.trainers.grpo import (
+from agentenv.trainers.algorithms.grpo import (
     LOSS_AGGREGATIONS,
-    Episode,
     GRPOConfig,
     aggregate_loss,
-    batch_logprobs,
     group_advantages,
     grpo_token_loss,
     grpo_update,
     informative_groups,
     k3_kl,
-    lr_multiplier,
-    pad_trajectories,
-    token_logprobs,
 )
+from agentenv.trainers.algorithms.logprobs import batch_logprobs, pad_trajectories, token_logprobs
+from agentenv.trainers.algorithms.update import lr_multiplier
+from agentenv.trajectory import Episode
 
 # --- advantages ----------------------------------------------------------------------------------
 
@@ -182,7 +180,7 @@ def _episodes(vocab: int, seed: int = 0):
     for i, (prompt, policy1, tool, policy2) in enumerate([(5, 4, 3, 2), (5, 3, 4, 4), (6, 2, 0, 0), (6, 5, 2, 1)]):
         ids = torch.randint(3, vocab, (prompt + policy1 + tool + policy2,), generator=generator).tolist()
         mask = [0] * prompt + [1] * policy1 + [0] * tool + [1] * policy2
-        episodes.append(Episode(ids, mask, reward=float(i % 2 + i // 2), group=i // 2))
+        episodes.append(Episode.from_tokens(ids, mask, reward=float(i % 2 + i // 2), group=i // 2))
     return episodes
 
 
@@ -208,7 +206,7 @@ def test_padding_and_shift_align_logprobs_with_their_tokens(tokenizer):
 def test_single_pass_update_has_ratio_one_and_no_clipping(tokenizer):
     model = tiny_random_model(tokenizer)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    metrics = grpo_update(model, optimizer, None, _episodes(len(tokenizer)), GRPOConfig(), tokenizer.pad_token_id)
+    metrics = grpo_update(model, optimizer, _episodes(len(tokenizer)), GRPOConfig(), tokenizer.pad_token_id)
     assert metrics["ratio/mean"] == pytest.approx(1.0)
     assert metrics["clip_fraction/low"] == metrics["clip_fraction/high"] == 0.0
     assert metrics["grad_norm"] > 0
@@ -222,7 +220,7 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tokenizer, mode):
         model = tiny_random_model(tokenizer)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         config = GRPOConfig(loss_agg=mode, micro_batch_size=micro_batch_size, max_response_tokens=16)
-        grpo_update(model, optimizer, None, _episodes(len(tokenizer)), config, tokenizer.pad_token_id, max_grad_norm=None)
+        grpo_update(model, optimizer, _episodes(len(tokenizer)), config, tokenizer.pad_token_id, max_grad_norm=None)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(params[0], params[1], rtol=1e-4, atol=1e-6)
 
@@ -232,7 +230,7 @@ def test_epochs_and_minibatches_take_several_optimizer_steps(tokenizer):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     config = GRPOConfig(epochs=2, minibatch_size=2, micro_batch_size=1)
     metrics = grpo_update(
-        model, optimizer, None, _episodes(len(tokenizer)), config, tokenizer.pad_token_id,
+        model, optimizer, _episodes(len(tokenizer)), config, tokenizer.pad_token_id,
         generator=torch.Generator().manual_seed(0),
     )
     assert metrics["update/optimizer_steps"] == 4
@@ -246,7 +244,7 @@ def test_filtering_drops_equal_reward_groups(tokenizer):
     episodes = _episodes(len(tokenizer))
     episodes[1].reward = episodes[0].reward  # group 0 now has equal rewards
     config = GRPOConfig(filter_equal_reward_groups=True)
-    metrics = grpo_update(model, optimizer, None, episodes, config, tokenizer.pad_token_id)
+    metrics = grpo_update(model, optimizer, episodes, config, tokenizer.pad_token_id)
     assert metrics["groups/equal_reward_fraction"] == 0.5
     assert metrics["update/sequences"] == 2
 
@@ -265,7 +263,7 @@ def test_oversampling_trains_on_the_first_b_groups_whose_rewards_differ(tokenize
     ]:
         model = tiny_random_model(tokenizer)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        metrics = grpo_update(model, optimizer, None, batch, config, tokenizer.pad_token_id)
+        metrics = grpo_update(model, optimizer, batch, config, tokenizer.pad_token_id)
         updated.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters()])))
     (oversampled, weights), (alone, alone_weights) = updated
     assert oversampled["update/sequences"] == 2 and oversampled["groups/trained"] == 1
@@ -290,10 +288,10 @@ def test_lora_reference_is_the_model_with_its_adapter_disabled(tokenizer):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
     config = GRPOConfig(kl_beta=0.1)
     episodes = _episodes(len(tokenizer))
-    first = grpo_update(model, optimizer, None, episodes, config, tokenizer.pad_token_id)
+    first = grpo_update(model, optimizer, episodes, config, tokenizer.pad_token_id)
     # LoRA's B starts at zero: before the first step the policy is the reference.
     assert first["kl"] == pytest.approx(0.0, abs=1e-7)
-    later = [grpo_update(model, optimizer, None, episodes, config, tokenizer.pad_token_id)["kl"] for _ in range(3)]
+    later = [grpo_update(model, optimizer, episodes, config, tokenizer.pad_token_id)["kl"] for _ in range(3)]
     assert later[-1] > 0
 
 
@@ -301,10 +299,10 @@ def test_full_finetuning_with_kl_needs_a_reference(tokenizer):
     model = tiny_random_model(tokenizer)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="reference"):
-        grpo_update(model, optimizer, None, _episodes(len(tokenizer)), GRPOConfig(kl_beta=0.1), tokenizer.pad_token_id)
+        grpo_update(model, optimizer, _episodes(len(tokenizer)), GRPOConfig(kl_beta=0.1), tokenizer.pad_token_id)
     reference = tiny_random_model(tokenizer)
     metrics = grpo_update(
-        model, optimizer, None, _episodes(len(tokenizer)), GRPOConfig(kl_beta=0.1), tokenizer.pad_token_id,
+        model, optimizer, _episodes(len(tokenizer)), GRPOConfig(kl_beta=0.1), tokenizer.pad_token_id,
         reference_model=reference,
     )
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-7)  # same seed, same weights
@@ -316,7 +314,7 @@ def test_engine_logprob_gap_is_logged(tokenizer):
     episodes = _episodes(len(tokenizer))
     for episode in episodes:
         episode.engine_logprobs = [0.0] * sum(episode.policy_mask)
-    metrics = grpo_update(model, optimizer, None, episodes, GRPOConfig(), tokenizer.pad_token_id)
+    metrics = grpo_update(model, optimizer, episodes, GRPOConfig(), tokenizer.pad_token_id)
     # log π ≤ 0, so |0 − log π| is the mean NLL, about log(vocab) for a random model.
     assert metrics["logprob_gap/engine_vs_trainer"] == pytest.approx(math.log(len(tokenizer)), rel=0.1)
 
@@ -352,7 +350,7 @@ def test_projecting_only_policy_positions_keeps_loss_and_gradients(tokenizer, mo
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         config = GRPOConfig(loss_agg=mode, micro_batch_size=2, max_response_tokens=16, epochs=2, minibatch_size=2)
         metrics = grpo_update(
-            wrap(model), optimizer, None, _episodes(len(tokenizer)), config, tokenizer.pad_token_id,
+            wrap(model), optimizer, _episodes(len(tokenizer)), config, tokenizer.pad_token_id,
             max_grad_norm=None, generator=torch.Generator().manual_seed(0),
         )
         results.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters()])))
@@ -370,7 +368,7 @@ def test_the_path_before_the_lean_update_gives_the_same_update(tokenizer, mode):
         model = tiny_random_model(tokenizer)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         config = GRPOConfig(loss_agg=mode, micro_batch_size=2, max_response_tokens=16, lean_update=lean)
-        metrics = grpo_update(model, optimizer, None, _episodes(len(tokenizer)), config, tokenizer.pad_token_id, max_grad_norm=None)
+        metrics = grpo_update(model, optimizer, _episodes(len(tokenizer)), config, tokenizer.pad_token_id, max_grad_norm=None)
         results.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters()])))
     (lean, lean_params), (before, before_params) = results
     for key in ("loss", "entropy", "grad_norm"):
@@ -379,7 +377,7 @@ def test_the_path_before_the_lean_update_gives_the_same_update(tokenizer, mode):
 
 
 def test_micro_batches_group_similar_lengths_and_keep_every_row():
-    from agentenv.trainers.grpo import micro_batches
+    from agentenv.trainers.algorithms.logprobs import micro_batches
 
     lengths = torch.tensor([9, 3, 7, 3, 12, 5])
     parts = micro_batches(torch.tensor([0, 2, 3, 4, 5]), lengths, 2)
@@ -410,7 +408,7 @@ def _group_episodes(vocab: int, seed: int = 0):
             policy = first_policy + tokens(policy1 - 2) if group == 0 and policy1 != 3 else tokens(policy1)
             ids = prompt + policy + tokens(tool + policy2)
             mask = [0] * prompt_length + [1] * policy1 + [0] * tool + [1] * policy2
-            episodes.append(Episode(ids, mask, reward=reward, group=group))
+            episodes.append(Episode.from_tokens(ids, mask, reward=reward, group=group))
     return episodes
 
 
@@ -432,7 +430,7 @@ def _embedded_shapes(model):
 
 
 def test_group_micro_batches_hold_one_group_each_in_chunks_of_similar_lengths():
-    from agentenv.trainers.grpo import group_micro_batches
+    from agentenv.trainers.algorithms.logprobs import group_micro_batches
 
     lengths = torch.tensor([9, 3, 7, 3, 12, 5, 8])
     groups = torch.tensor([1, 0, 1, 0, 1, 1, 0])
@@ -445,7 +443,7 @@ def test_a_groups_prompt_runs_once_and_the_suffixes_on_top_of_it(tokenizer):
     shapes = _embedded_shapes(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     episodes = _group_episodes(len(tokenizer))
-    grpo_update(model, optimizer, None, episodes, GRPOConfig(shared_prefix=True), tokenizer.pad_token_id)
+    grpo_update(model, optimizer, episodes, GRPOConfig(shared_prefix=True), tokenizer.pad_token_id)
     # Group 0 (prompt 6, longest member 17 tokens), then group 1 (prompt 5, longest 14).
     assert shapes == [(1, 6), (3, 11), (1, 5), (3, 9)]
 
@@ -460,7 +458,7 @@ def test_sharing_the_prompt_gives_the_same_update(tokenizer, mode, lora):
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
         config = GRPOConfig(loss_agg=mode, micro_batch_size=2, max_response_tokens=16, shared_prefix=shared,
                             kl_beta=0.1 if lora else 0.0)
-        metrics = grpo_update(model, optimizer, None, _group_episodes(len(tokenizer)), config, tokenizer.pad_token_id,
+        metrics = grpo_update(model, optimizer, _group_episodes(len(tokenizer)), config, tokenizer.pad_token_id,
                               max_grad_norm=None)
         results.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])))
     (shared, shared_params), (whole, whole_params) = results
@@ -488,11 +486,11 @@ def test_under_gradient_checkpointing_the_rows_run_whole(tokenizer):
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     shapes = _embedded_shapes(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    metrics = grpo_update(model, optimizer, None, _group_episodes(len(tokenizer)), GRPOConfig(shared_prefix=True),
+    metrics = grpo_update(model, optimizer, _group_episodes(len(tokenizer)), GRPOConfig(shared_prefix=True),
                           tokenizer.pad_token_id)
     assert all(rows == 3 for rows, _ in shapes)
     plain = tiny_random_model(tokenizer)
-    whole = grpo_update(plain, torch.optim.SGD(plain.parameters(), lr=0.1), None,
+    whole = grpo_update(plain, torch.optim.SGD(plain.parameters(), lr=0.1),
                         _group_episodes(len(tokenizer)), GRPOConfig(), tokenizer.pad_token_id)
     assert metrics["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-6)
 
@@ -545,7 +543,7 @@ def test_off_policy_ratio_is_taken_against_the_engine_logprobs_by_hand(tokenizer
 
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     before = [p.detach().clone() for p in model.parameters()]
-    metrics = grpo_update(model, optimizer, None, episodes, config, tokenizer.pad_token_id,
+    metrics = grpo_update(model, optimizer, episodes, config, tokenizer.pad_token_id,
                           max_grad_norm=None, behaviour_logprobs=True)
 
     assert metrics["loss"] == pytest.approx(hand_loss, rel=1e-4)
@@ -565,7 +563,7 @@ def test_off_policy_update_with_the_trainers_own_logprobs_is_the_on_policy_updat
             for episode in episodes:
                 episode.engine_logprobs = [lp.item() for lp in _policy_logprobs(model, episode)]
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        metrics = grpo_update(model, optimizer, None, episodes, GRPOConfig(), tokenizer.pad_token_id,
+        metrics = grpo_update(model, optimizer, episodes, GRPOConfig(), tokenizer.pad_token_id,
                               max_grad_norm=None, behaviour_logprobs=behaviour)
         assert metrics["ratio/mean"] == pytest.approx(1.0, abs=1e-4)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
@@ -576,5 +574,5 @@ def test_an_off_policy_update_without_engine_logprobs_says_what_it_needs(tokeniz
     model = tiny_random_model(tokenizer)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"episode 0: an off-policy update needs the engine's logprob of every policy token .* has none for 6"):
-        grpo_update(model, optimizer, None, _episodes(len(tokenizer)), GRPOConfig(), tokenizer.pad_token_id,
+        grpo_update(model, optimizer, _episodes(len(tokenizer)), GRPOConfig(), tokenizer.pad_token_id,
                     behaviour_logprobs=True)

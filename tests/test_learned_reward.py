@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 
 from agentenv.cli import main
-from agentenv.trainers.learned_reward import LearnedReward, normalized_scores
-from agentenv.trainers.reward_model import build_reward_model, load_rm_config, save_reward_model
+from agentenv.trainers.algorithms.learned_reward import LearnedReward, normalized_scores
+from agentenv.trainers.algorithms.reward_model import (
+    build_reward_model,
+    save_reward_model,
+)
+from agentenv.trainers.loop.reward_model_training import (
+    load_rm_config,
+)
 
 TINY_TEST = str(Path(__file__).parent.parent / "configs" / "tiny-test.yaml")
 
@@ -57,8 +63,8 @@ def test_grpo_adds_the_weighted_normalised_term_to_every_episode(tmp_path, rewar
 def test_apply_adds_w_times_z_of_the_models_own_scores_to_real_rollout_episodes(reward_model_dir, tokenizer):
     from agentenv.envs import make_calculator_env
     from agentenv.models import tiny_random_model
-    from agentenv.trainers.engines import SamplingConfig, TransformersEngine
-    from agentenv.trainers.rollout import rollout
+    from agentenv.trainers.rollout.engines import SamplingConfig, TransformersEngine
+    from agentenv.trainers.rollout.rollout import rollout
 
     envs = [make_calculator_env(tokenizer=tokenizer, num_questions=4, max_turns=1, max_turn_tokens=6) for _ in range(4)]
     engine = TransformersEngine(tiny_random_model(tokenizer), tokenizer)

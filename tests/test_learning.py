@@ -23,8 +23,8 @@ import pytest
 from agentenv.env import ToolEnv
 from agentenv.parsing import ParsedTurn
 from agentenv.rewards import EpisodeOutcome, Reward
-from agentenv.trainers.config import load_config
-from agentenv.trainers.train import train
+from agentenv.trainers.loop.config import load_config
+from agentenv.trainers.loop.train import train
 
 ENV_ID = "agentenv-test/NoSpaces-v0"
 TURN_TOKENS = 8

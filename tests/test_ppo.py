@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from agentenv.models import tiny_random_model
-from agentenv.trainers.config import ConfigError, load_config
-from agentenv.trainers.grpo import Episode
-from agentenv.trainers.ppo import (
+from agentenv.trainers.algorithms.ppo import (
     PPOConfig,
     ValueHead,
     explained_variance,
@@ -17,6 +15,8 @@ from agentenv.trainers.ppo import (
     ppo_update,
     token_rewards,
 )
+from agentenv.trainers.loop.config import ConfigError, load_config
+from agentenv.trajectory import Episode
 
 # --- rewards and GAE by hand ---------------------------------------------------------------------------
 
@@ -144,7 +144,7 @@ def _episodes(vocab, generator, tool_at_end=3):
     for i, (prompt, policy1, tool, policy2) in enumerate([(5, 4, 3, 2), (5, 3, 4, 4), (6, 2, 0, 0), (6, 5, 2, 1)]):
         ids = torch.randint(3, vocab, (prompt + policy1 + tool + policy2 + tool_at_end,), generator=generator).tolist()
         mask = [0] * prompt + [1] * policy1 + [0] * tool + [1] * policy2 + [0] * tool_at_end
-        episodes.append(Episode(ids, mask, reward=float(i % 2), group=i))
+        episodes.append(Episode.from_tokens(ids, mask, reward=float(i % 2), group=i))
     return episodes
 
 
@@ -162,7 +162,7 @@ def _update(tokenizer, episodes, config, lr=0.0):
         original()
 
     optimizer.step = capture
-    metrics = ppo_update(model, head, optimizer, None, episodes, config, tokenizer.pad_token_id,
+    metrics = ppo_update(model, head, optimizer, episodes, config, tokenizer.pad_token_id,
                          reference_model=tiny_random_model(tokenizer), max_grad_norm=None)
     return metrics, grads
 
@@ -176,7 +176,7 @@ def test_tool_tokens_get_no_loss(tokenizer):
     for e in episodes:
         ids = list(e.token_ids)
         ids[-3:] = torch.randint(3, len(tokenizer), (3,), generator=generator).tolist()
-        changed.append(Episode(ids, e.policy_mask, e.reward, e.group))
+        changed.append(Episode.from_tokens(ids, e.policy_mask, e.reward, e.group))
     config = PPOConfig(epochs=1, micro_batch_size=4)
     _, grads = _update(tokenizer, episodes, config)
     _, changed_grads = _update(tokenizer, changed, config)
@@ -216,9 +216,9 @@ def test_the_value_head_learns_the_returns(tokenizer):
                                    {"params": list(head.parameters()), "lr": 3e-2}])
     episodes = _episodes(len(tokenizer), torch.Generator().manual_seed(4))
     config = PPOConfig(kl_coef=0.0, epochs=4, gae_lambda=1.0)
-    first = ppo_update(model, head, optimizer, None, episodes, config, tokenizer.pad_token_id)
+    first = ppo_update(model, head, optimizer, episodes, config, tokenizer.pad_token_id)
     for _ in range(4):
-        last = ppo_update(model, head, optimizer, None, episodes, config, tokenizer.pad_token_id)
+        last = ppo_update(model, head, optimizer, episodes, config, tokenizer.pad_token_id)
     assert first["value/explained_variance"] == pytest.approx(0.0, abs=1e-6)  # V = 0 at the start
     assert last["value/explained_variance"] > 0.5
     assert last["loss/value"] < first["loss/value"] / 2

@@ -11,7 +11,8 @@ from agentenv.cli import main
 from agentenv.models import tiny_random_model
 from agentenv.process_rewards import token_credits, turn_credits, turn_terms
 from agentenv.tools import Tool, calculator
-from agentenv.trainers.grpo import Episode, GRPOConfig, grpo_update
+from agentenv.trainers.algorithms.grpo import GRPOConfig, grpo_update
+from agentenv.trajectory import Episode
 
 TINY_TEST = str(Path(__file__).parent.parent / "configs" / "tiny-test.yaml")
 QUESTION = {"question": "What is the capital of Peru?", "answers": ["Lima"]}
@@ -86,9 +87,10 @@ def test_zero_process_advantages_change_nothing_and_others_change_the_update(tok
     def updated(process):
         model = tiny_random_model(tokenizer)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        episodes = [Episode(trajectory.token_ids, trajectory.policy_mask, r, group=0, process_advantages=process)
-                    for r in rewards]
-        metrics = grpo_update(model, optimizer, None, episodes, GRPOConfig(), tokenizer.pad_token_id, max_grad_norm=None)
+        episodes = [Episode(trajectory, r, group=0) for r in rewards]
+        credits = None if process is None else [process] * len(episodes)
+        metrics = grpo_update(model, optimizer, episodes, GRPOConfig(), tokenizer.pad_token_id, max_grad_norm=None,
+                              token_credits=credits)
         return torch.cat([p.detach().flatten() for p in model.parameters()]), metrics
 
     plain, _ = updated(None)

@@ -14,7 +14,7 @@ def test_train_from_python_takes_a_yaml_path_and_overrides(tmp_path):
 
 
 def test_train_from_python_takes_a_typed_config(tmp_path):
-    from agentenv.trainers.config import load_config
+    from agentenv.trainers.loop.config import load_config
 
     config = load_config("configs/tiny-test.yaml", ["max_steps=1"])
     agentenv.train(config, out=tmp_path / "run")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentenv.trainers.config import load_config
-from agentenv.trainers.engines import SamplingConfig, TransformersEngine
-from agentenv.trainers.rollout import rollout
-from agentenv.trainers.train import load_policy, make_envs
+from agentenv.trainers.loop.build import load_policy, make_envs
+from agentenv.trainers.loop.config import load_config
+from agentenv.trainers.rollout.engines import SamplingConfig, TransformersEngine
+from agentenv.trainers.rollout.rollout import rollout
 
 ray = pytest.importorskip("ray")
 
@@ -41,7 +41,7 @@ def trainer(config, tokenizer):
 
 @pytest.fixture(scope="module")
 def workers(config, trainer):
-    from agentenv.trainers.workers import RolloutWorkers
+    from agentenv.trainers.rollout.workers import RolloutWorkers
 
     ray.init(num_cpus=2, include_dashboard=False)
     pool = RolloutWorkers(config)
@@ -125,8 +125,8 @@ def test_a_prefetched_rollout_is_sampled_by_the_weights_the_workers_held_when_it
 
 
 def test_training_one_step_off_the_policy_trains_each_batch_one_update_late(workers, tmp_path):
-    from agentenv.trainers.metrics import read_jsonl
-    from agentenv.trainers.train import train
+    from agentenv.trainers.loop.metrics import read_jsonl
+    from agentenv.trainers.loop.train import train
 
     # A random model earns no reward here, so no gradient: weight decay moves the weights anyway.
     overrides = ["max_steps=3", "env.kwargs.on_no_call=nudge", "env.kwargs.max_total_tokens=512", "optim.lr=0.05",
@@ -159,7 +159,7 @@ def test_a_worker_killed_mid_rollout_is_replaced_and_each_episode_returns_once(w
 
 
 def test_a_worker_that_dies_past_its_restarts_fails_the_call_naming_it(workers, trainer):
-    from agentenv.trainers.workers import WorkerError
+    from agentenv.trainers.rollout.workers import WorkerError
 
     workers.max_restarts = 0
     ray.get(workers.actors[1].set_generate_delay.remote(2.0))
@@ -171,7 +171,7 @@ def test_a_worker_that_dies_past_its_restarts_fails_the_call_naming_it(workers, 
 
 
 def test_training_on_two_workers_computes_what_it_computes_in_one_process(workers, tmp_path):
-    from agentenv.trainers.train import train
+    from agentenv.trainers.loop.train import train
 
     # The workers of this module keep 1 of Ray's 2 CPUs; these two take half a CPU each.
     overrides = ["max_steps=2", "env.kwargs.on_no_call=nudge", "env.kwargs.max_total_tokens=512"]
@@ -185,7 +185,7 @@ def test_training_on_two_workers_computes_what_it_computes_in_one_process(worker
 
 def test_weights_travel_as_arrays_and_come_back_bit_for_bit_in_bfloat16(tokenizer):
     from agentenv.models import tiny_random_model
-    from agentenv.trainers.workers import RolloutWorker, weights_payload
+    from agentenv.trainers.rollout.workers import RolloutWorker, weights_payload
 
     model = tiny_random_model(tokenizer).to(torch.bfloat16)
     payload = weights_payload(model)

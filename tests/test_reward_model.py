@@ -12,29 +12,31 @@ import yaml
 
 from agentenv.cli import main
 from agentenv.rewards import RewardConfig
-from agentenv.trainers.config import ConfigError, EnvConfig
-from agentenv.trainers.engines import Completion, per_prompt_limits
-from agentenv.trainers.reward_model import (
+from agentenv.trainers.algorithms.reward_model import (
     BradleyTerryConfig,
     PreferencePair,
-    RolloutPairsConfig,
     TokenPair,
     bradley_terry_loss,
     bradley_terry_step,
     build_reward_model,
     calibration_bins,
-    collect_rollout_pairs,
     evaluate_pairs,
     load_reward_model,
-    load_rm_config,
     pair_token_ids,
     read_preference_pairs,
     save_reward_model,
-    split_held_out,
     tokenize_pairs,
     write_preference_pairs,
 )
-from agentenv.trainers.train import QuestionOrder
+from agentenv.trainers.loop.build import QuestionOrder
+from agentenv.trainers.loop.config import ConfigError, EnvConfig
+from agentenv.trainers.loop.reward_model_training import (
+    RolloutPairsConfig,
+    collect_rollout_pairs,
+    load_rm_config,
+    split_held_out,
+)
+from agentenv.trainers.rollout.engines import Completion, per_prompt_limits
 
 # --- the loss ------------------------------------------------------------------------------------
 
@@ -298,7 +300,7 @@ def write_rm_config(tmp_path, pairs_file, **overrides):
 
 
 def test_rm_train_writes_the_model_the_calibration_plot_and_a_summary(tmp_path, capsys):
-    from agentenv.trainers.reward_model import pair_to_record
+    from agentenv.trainers.algorithms.reward_model import pair_to_record
 
     pairs_file = write_jsonl(tmp_path / "pairs.jsonl", [pair_to_record(p) for p in marker_pairs(24, seed=3)])
     out = tmp_path / "rm-run"
@@ -308,6 +310,18 @@ def test_rm_train_writes_the_model_the_calibration_plot_and_a_summary(tmp_path, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_pairs"] == 18 and summary["held_out"]["pairs"] == 6
     assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    # The diagram's content, drawn from the held-out evaluation it plotted: the diagonal, then a point per bin.
+    from agentenv.trainers.loop.reward_model_training import draw_calibration
+
+    held, bins = summary["held_out"], summary["held_out"]["calibration"]
+    (ax,) = draw_calibration(held).axes
+    assert ax.get_title() == (f"held-out pairs (n = 6): accuracy {held['pair_accuracy']:.2f}, "
+                              f"ECE {held['expected_calibration_error']:.2f}")
+    diagonal, model = ax.get_lines()
+    assert (diagonal.get_label(), model.get_label()) == ("calibrated", "reward model")
+    assert list(model.get_xdata()) == [b["predicted"] for b in bins]
+    assert list(model.get_ydata()) == [b["observed"] for b in bins]
+    assert [text.get_text() for text in ax.texts] == [str(b["count"]) for b in bins]  # pairs per bin
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
     scores = load_reward_model(out).score([[1, 2, 3], [4, 5]])
     assert len(scores) == 2 and all(math.isfinite(s) for s in scores)

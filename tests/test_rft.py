@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from agentenv.models import tiny_random_model
-from agentenv.trainers.rft import RFTConfig, acceptance_stats, accepted, rft_update
+from agentenv.trainers.algorithms.rft import RFTConfig, acceptance_stats, accepted, rft_update
 from agentenv.trajectory import Trajectory
 
 # Two questions × four samples; sample 2 of question 0 repeats sample 0 token for token.
@@ -73,7 +73,7 @@ def _gradient(tokenizer, trajectories):
         original()
 
     optimizer.step = capture
-    metrics = rft_update(model, optimizer, None, trajectories, config, tokenizer.pad_token_id, max_grad_norm=None)
+    metrics = rft_update(model, optimizer, trajectories, config, tokenizer.pad_token_id, max_grad_norm=None)
     return grads, metrics
 
 
@@ -103,19 +103,18 @@ def test_epochs_and_minibatches_make_the_optimizer_steps(tokenizer):
     model = tiny_random_model(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     config = RFTConfig(epochs=2, minibatch_size=2, micro_batch_size=1)
-    metrics = rft_update(model, optimizer, None, trajectories, config, tokenizer.pad_token_id,
+    metrics = rft_update(model, optimizer, trajectories, config, tokenizer.pad_token_id,
                          generator=torch.Generator().manual_seed(0))
     assert metrics["update/optimizer_steps"] == 6  # 2 epochs × ⌈5 / 2⌉
     assert metrics["update/sequences"] == 5
     assert metrics["update/policy_tokens"] == 15  # one epoch's worth
 
 
-def test_a_round_with_nothing_accepted_makes_no_update_but_steps_the_schedule(tokenizer):
+def test_a_round_with_nothing_accepted_makes_no_update(tokenizer):
     model = tiny_random_model(tokenizer)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    metrics = rft_update(model, optimizer, scheduler, [], RFTConfig(), tokenizer.pad_token_id)
+    metrics = rft_update(model, optimizer, [], RFTConfig(), tokenizer.pad_token_id)
     assert metrics["update/skipped"] == 1.0
-    assert scheduler.last_epoch == 1
+    assert not optimizer.state  # no optimizer step was taken
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

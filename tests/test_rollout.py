@@ -13,13 +13,13 @@ from agentenv.env import FINISH_REASONS
 from agentenv.envs import arithmetic_questions, make_calculator_env
 from agentenv.models import tiny_random_model
 from agentenv.tools.calculator import calculator
-from agentenv.trainers.engines import (
+from agentenv.trainers.rollout.engines import (
     Completion,
     SamplingConfig,
     TransformersEngine,
     per_prompt_limits,
 )
-from agentenv.trainers.rollout import episode_stats, rollout
+from agentenv.trainers.rollout.rollout import episode_stats, rollout
 
 
 class RecordingEngine:

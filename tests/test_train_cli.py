@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from agentenv.cli import main
-from agentenv.trainers.checkpoint import latest_checkpoint, read_state
-from agentenv.trainers.config import load_config, to_dict, training_changes
+from agentenv.trainers.loop.checkpoint import latest_checkpoint, read_state
+from agentenv.trainers.loop.config import load_config, to_dict, training_changes
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TEST = str(REPO / "configs" / "tiny-test.yaml")
@@ -98,7 +98,7 @@ def test_max_steps_shapes_a_cosine_schedule_so_it_may_not_change_there():
 
 
 def test_a_checkpoint_of_a_fully_fine_tuned_run_holds_its_tokenizer_and_loads_alone(one_step_run):
-    from agentenv.trainers.policy import load_policy_model, tokenizer_source
+    from agentenv.trainers.rollout.policy import load_policy_model, tokenizer_source
 
     model_dir = latest_checkpoint(one_step_run) / "model"
     for name in ("config.json", "model.safetensors", "tokenizer_config.json", "generation_config.json"):

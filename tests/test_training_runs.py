@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import agentenv  # noqa: F401  (registers the environments)
-from agentenv.trainers.config import ConfigError, load_config
-from agentenv.trainers.sft import oracle_episode
-from agentenv.trainers.train import train
+from agentenv.trainers.algorithms.sft import oracle_episode
+from agentenv.trainers.loop.config import ConfigError, load_config
+from agentenv.trainers.loop.train import train
 
 # A tiny random model on the search environment: seconds per step, real tokenizer, real index.
 TINY_SEARCH = [
@@ -41,7 +41,7 @@ def test_held_out_curve_is_logged_at_step_zero_and_every_n_steps(tmp_path):
     assert sorted(with_dev) == [0, 2, 3]  # the start, every 2 steps, and the last step
     assert [r["step"] for r in records if "dev/exact_match" not in r] == [1]
     first = with_dev[0]
-    for key in ("dev/f1", "dev/searches", "dev/calculator_calls", "dev/valid_format", "time/dev_eval_s"):
+    for key in ("dev/f1", "dev/tools/search_calls", "dev/tools/calculator_calls", "dev/valid_format", "time/dev_eval_s"):
         assert key in first, key
     from agentenv.envs import load_question_set
 
@@ -57,8 +57,8 @@ def test_held_out_curve_needs_questions():
 def test_init_from_starts_with_the_other_runs_weights(tmp_path):
     sft = load_config(None, [*TINY_SEARCH, "mode=sft", "max_steps=1", "sft.questions_per_step=2"])
     train(sft, tmp_path / "sft")
-    from agentenv.trainers.checkpoint import latest_checkpoint, load_model_weights
-    from agentenv.trainers.train import load_policy, load_policy_tokenizer
+    from agentenv.trainers.loop.build import load_policy, load_policy_tokenizer
+    from agentenv.trainers.loop.checkpoint import latest_checkpoint, load_model_weights
 
     config = load_config(None, [*TINY_SEARCH, f"model.init_from={tmp_path / 'sft'}"])
     tokenizer = load_policy_tokenizer(config)
@@ -72,7 +72,7 @@ def test_init_from_starts_with_the_other_runs_weights(tmp_path):
 
 
 def test_init_from_a_folder_without_checkpoints_is_a_clear_error(tmp_path):
-    from agentenv.trainers.train import load_policy, load_policy_tokenizer
+    from agentenv.trainers.loop.build import load_policy, load_policy_tokenizer
 
     config = load_config(None, [*TINY_SEARCH, f"model.init_from={tmp_path}"])
     with pytest.raises(ConfigError, match="neither a checkpoint nor a run folder"):
@@ -120,7 +120,7 @@ def test_oversampled_run_rolls_out_twice_the_questions_and_trains_on_at_most_b_g
 
 
 def test_probe_counts_groups_whose_rewards_all_agree():
-    from agentenv.trainers.probe import group_statistics
+    from agentenv.trainers.loop.probe import group_statistics
 
     rewards = [[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.1, 1.0, 1.0, 1.0]]
     correct = [[True, True, False, True], [False] * 4, [False, True, True, True]]

@@ -12,12 +12,12 @@ import pytest
 
 import agentenv  # noqa: F401  (registers the environments)
 from agentenv.cli import main
-from agentenv.trainers import viewer
-from agentenv.trainers.config import load_config
-from agentenv.trainers.metrics import write_transcripts
-from agentenv.trainers.rollout import Episode
-from agentenv.trainers.sft import oracle_episode
-from agentenv.trainers.train import train
+from agentenv.trainers.algorithms.sft import oracle_episode
+from agentenv.trainers.evaluation import viewer
+from agentenv.trainers.loop.config import load_config
+from agentenv.trainers.loop.metrics import write_transcripts
+from agentenv.trainers.loop.train import train
+from agentenv.trainers.rollout.rollout import Episode
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTILE = "<script>alert('pwned')</script>"
@@ -147,7 +147,7 @@ def test_searches_are_listed_with_their_results(tmp_path, tokenizer):
     oracle = oracle_episode(env, question)  # searches the question, then answers
     turns = sum(segment.source == "policy" for segment in oracle.trajectory.segments)
     episode = Episode(
-        group=0, question=question, trajectory=oracle.trajectory, reward=oracle.reward,
+        oracle.trajectory, oracle.reward, group=0, question=question,
         reward_components=oracle.reward_components, finish_reason=oracle.finish_reason,
         num_turns=turns, tool_calls={"search": 1}, answer="France",
     )

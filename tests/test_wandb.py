@@ -14,9 +14,9 @@ import pytest
 
 from agentenv.cli import main
 from agentenv.models import cache_dir
-from agentenv.trainers.config import ConfigError, load_config
-from agentenv.trainers.metrics import _is_scalar, wandb_mode
-from agentenv.trainers.train import train
+from agentenv.trainers.loop.config import ConfigError, load_config
+from agentenv.trainers.loop.metrics import _is_scalar, wandb_mode
+from agentenv.trainers.loop.train import train
 
 pytest.importorskip("wandb")
 

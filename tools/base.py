@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-from transformers.utils import get_json_schema
 
 # Python type -> JSON-schema type names that `get_json_schema` produces.
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -63,7 +61,6 @@ class ToolOutput:
     unavailable: bool = False
 
 
-@dataclass
 class Tool:
     """A callable the policy can use.
 
@@ -72,15 +69,29 @@ class Tool:
     provide it, and the rollout driver sends every call of a turn through it at once. It returns
     one item per call, a string or a ``ToolError`` for a call that failed alone; raising
     ``ToolError`` fails the whole batch (every call gets the message).
+
+    Left as None, ``description`` and ``parameters`` are read from the function's type hints and
+    docstring the first time they are asked for, so that defining a tool (the calculator, at
+    import) does not import transformers; the search server and clients never ask.
     """
 
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    function: Callable[..., str]
-    batch_function: Callable[[list[dict[str, Any]]], list[str | ToolError]] | None = None
-    # Error strings are clipped so a failing tool cannot flood the context.
-    max_error_chars: int = field(default=300, repr=False)
+    def __init__(
+        self,
+        name: str,
+        description: str | None,
+        parameters: dict[str, Any] | None,
+        function: Callable[..., str],
+        batch_function: Callable[[list[dict[str, Any]]], list[str | ToolError]] | None = None,
+        max_error_chars: int = 300,  # error strings are clipped so a failing tool cannot flood the context
+    ):
+        self.name = name
+        self.function = function
+        self.batch_function = batch_function
+        self.max_error_chars = max_error_chars
+        self._description, self._parameters = description, parameters
+
+    def __repr__(self) -> str:
+        return f"Tool(name={self.name!r})"
 
     @classmethod
     def from_function(
@@ -89,15 +100,37 @@ class Tool:
         name: str | None = None,
         batch_function: Callable[[list[dict[str, Any]]], list[str]] | None = None,
     ) -> Tool:
-        """Wrap a typed function whose docstring has a Google-style ``Args:`` section."""
-        schema = get_json_schema(function)["function"]
-        return cls(
-            name=name or schema["name"],
-            description=schema["description"],
-            parameters=schema.get("parameters", {"type": "object", "properties": {}}),
-            function=function,
-            batch_function=batch_function,
-        )
+        """Wrap a typed function whose docstring has a Google-style ``Args:`` section. What the
+        schema needs is checked now (a docstring, a type hint on every argument); the schema
+        itself is read when first asked for."""
+        name = name or function.__name__
+        if not inspect.getdoc(function):
+            raise ValueError(f"tool {name!r}: the function needs a docstring (what it does, and an Args: section)")
+        untyped = [n for n, p in inspect.signature(function).parameters.items() if p.annotation is inspect.Parameter.empty]
+        if untyped:
+            raise ValueError(f"tool {name!r}: argument(s) {', '.join(untyped)} need a type hint (the JSON schema reads them)")
+        return cls(name, None, None, function, batch_function)
+
+    @property
+    def description(self) -> str:
+        if self._description is None:
+            self._read_schema()
+        return self._description
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        if self._parameters is None:
+            self._read_schema()
+        return self._parameters
+
+    def _read_schema(self) -> None:
+        from transformers.utils import get_json_schema
+
+        schema = get_json_schema(self.function)["function"]
+        if self._description is None:
+            self._description = schema["description"]
+        if self._parameters is None:
+            self._parameters = schema.get("parameters", {"type": "object", "properties": {}})
 
     @property
     def schema(self) -> dict[str, Any]:

@@ -252,7 +252,7 @@ class _Server:
 def contiguous_parts(count: int, parts: int) -> list[tuple[int, int]]:
     """``[start, stop)`` of up to ``parts`` contiguous, non-empty parts of ``count`` items, sizes
     differing by at most one (a turn's queries across servers; a batch's questions across Ray
-    workers, trainers/workers.py)."""
+    workers, trainers/rollout/workers.py)."""
     base, extra = divmod(count, parts)
     bounds, start = [], 0
     for part in range(min(parts, count)):
