@@ -7,7 +7,8 @@ from agentenv.env import ToolEnv, step_batch
 from agentenv.envs import register_envs
 from agentenv.parsing import JsonParser, TagParser
 from agentenv.rewards import EpisodeOutcome, Reward, RewardConfig
-from agentenv.trajectory import Segment, Trajectory
+from agentenv.spec import EnvSpec
+from agentenv.trajectory import Episode, Segment, Trajectory
 
 register_envs()
 
@@ -44,7 +45,8 @@ def train(config=None, overrides=(), out=None, resume=False, allow_config_change
 def evaluate(model="embedded", questions="geo:test", modes=None, out=None, **options):
     """Evaluate as ``agentenv eval`` does and return its summary (``summary["modes"][mode]["exact_match"]``).
 
-    ``modes``: as ``--mode`` (None: all three, or with ``env=`` only the env's). Every other
+    ``modes``: as ``--mode`` (None: a training run's own environment; for a model that is no run,
+    all three, or with ``env=`` only the env's). Every other
     ``agentenv eval`` option is a keyword, with ``_`` for ``-`` (``limit=100``, ``engine="vllm"``,
     ``max_turn_tokens=64``, ``index="runs/my-index"``, ``env="mymod:my/Env-v0"``,
     ``env_kwargs={"max_turns": 2}``)::
@@ -64,7 +66,10 @@ def evaluate(model="embedded", questions="geo:test", modes=None, out=None, **opt
         setattr(args, key, value)
     return evaluate_run(args)
 
+
 __all__ = [
+    "EnvSpec",
+    "Episode",
     "EpisodeOutcome",
     "JsonParser",
     "Reward",

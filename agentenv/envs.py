@@ -141,7 +141,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         twice = re.search(r"multiple values for (?:keyword )?argument '(\w+)'", message)
         if unexpected:
             key = unexpected.group(1)
-            close = difflib.get_close_matches(key, _keywords_of(name), n=1)
+            close = difflib.get_close_matches(key, accepted_keywords(name), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise EnvArgumentError(f"{name} does not take {key!r}{hint}", key) from None
         if missing:
@@ -151,7 +151,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         raise EnvArgumentError(f"creating {name} failed: {message}", None) from error
 
 
-def _keywords_of(env_id: str) -> list[str]:
+def accepted_keywords(env_id: str) -> list[str]:
     """The keywords an environment's entry point names, and ``ToolEnv``'s where it passes ``**kwargs`` on."""
     from gymnasium.envs.registration import load_env_creator
 

@@ -109,7 +109,7 @@ class EnvFactory:
     naming the key, raised here, before anything runs."""
 
     def __init__(self, spec: EnvSpec, tokenizer: Any):
-        from agentenv.envs import make_env, resolve_env_id, shared_tools
+        from agentenv.envs import accepted_keywords, make_env, resolve_env_id, shared_tools
 
         if isinstance(tokenizer, str):
             from agentenv.models import load_tokenizer
@@ -122,8 +122,8 @@ class EnvFactory:
             kwargs["reward"] = spec.reward
         self.kwargs = shared_tools(self.env_id, kwargs)
         self.first = make_env(self.env_id, **self.kwargs)
-        if "questions" in spec.kwargs and getattr(self.first, "questions", None) is not None:
-            self.kwargs["questions"] = self.first.questions  # loaded (or generated) once
+        if getattr(self.first, "questions", None) is not None and "questions" in accepted_keywords(self.env_id):
+            self.kwargs["questions"] = self.first.questions  # loaded (or generated) once, for all
         self._handed_out_first = False
 
     @property

@@ -69,8 +69,9 @@ def ensure_default_policy() -> str:
 
 
 def make_environments(workload: str, count: int, tokenizer, search_index=None):
-    """``count`` environments of the CPU training config (multi-turn) or eval's closed-book ones."""
-    from agentenv.trainers.evaluation.evaluate import build_envs
+    """``count`` environments of the CPU training config (multi-turn), or closed-book ones with its
+    turn limits (single-turn)."""
+    from agentenv.spec import EnvSpec
     from agentenv.trainers.loop.build import make_envs
     from agentenv.trainers.loop.config import load_config
 
@@ -80,7 +81,7 @@ def make_environments(workload: str, count: int, tokenizer, search_index=None):
             config.env.kwargs["index"] = search_index
         return make_envs(config, tokenizer, count)
     limits = {key: config.env.kwargs[key] for key in ("max_turn_tokens", "max_total_tokens")}
-    return build_envs("closed-book", count, tokenizer, None, limits)
+    return EnvSpec("agentenv/ClosedBookQA-v0", {**limits, "questions": None}).factory(tokenizer).make(count)
 
 
 def later_turn_contexts(batch) -> list[list[tuple[list[int], list[int]]]]:

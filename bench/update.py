@@ -50,16 +50,16 @@ from common import append_section, command_line, machine, median, peak_rss_mb, r
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from agentenv.trainers.algorithms.grpo import Episode, grpo_update
+    from agentenv.trainers.algorithms.grpo import grpo_update
     from agentenv.trainers.algorithms.sft import oracle_episode
-    from agentenv.trainers.loop.config import load_config
-    from agentenv.trainers.loop.train import (
+    from agentenv.trainers.loop.build import (
         build_optimizer,
-        entity_names,
         load_policy,
         load_policy_tokenizer,
         make_envs,
     )
+    from agentenv.trainers.loop.config import load_config
+    from agentenv.trajectory import Episode
 
     config = load_config("configs/cpu-smollm2.yaml", [
         f"grpo.lean_update={str(args.path != 'before').lower()}", f"grpo.shared_prefix={str(args.path == 'shared').lower()}",
@@ -67,23 +67,22 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     tokenizer = load_policy_tokenizer(config)
     [env] = make_envs(config, tokenizer, 1)
-    names = entity_names(config)
-    played = [oracle_episode(env, question, names) for question in env.questions[: args.episodes]]
+    played = [oracle_episode(env, question) for question in env.questions[: args.episodes]]
     episodes = []
     for i, e in enumerate(played):
         prompt = played[i - i % 8].trajectory  # the group's question
         start = e.trajectory.prompt_length
-        episodes.append(Episode(
+        episodes.append(Episode.from_tokens(
             prompt.token_ids[: prompt.prompt_length] + e.trajectory.token_ids[start:],
             prompt.policy_mask[: prompt.prompt_length] + e.trajectory.policy_mask[start:],
             reward=float(i % 2), group=i // 8,
         ))
     policy = load_policy(config, tokenizer)
-    optimizer, _ = build_optimizer(policy.model, config, "grpo", config.max_steps)
+    optimizer = build_optimizer(policy, config, "grpo")
     seconds, losses = [], []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        metrics = grpo_update(policy.model, optimizer, None, episodes, config.grpo, tokenizer.pad_token_id,
+        metrics = grpo_update(policy.model, optimizer, episodes, config.grpo, tokenizer.pad_token_id,
                               max_grad_norm=config.optim.max_grad_norm, temperature=config.engine.temperature)
         seconds.append(time.perf_counter() - started)
         losses.append(metrics["loss"])

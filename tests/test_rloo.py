@@ -128,3 +128,35 @@ def test_rloo_is_a_registered_mode_with_its_own_config_section():
     assert not algorithm.reference_copy(config.rloo, True)
     with pytest.raises(ConfigError, match="rloo.samples_per_question must be at least 2"):
         load_config(None, ["mode=rloo", "rloo.samples_per_question=1"])
+
+
+def test_samples_without_an_advantage_are_not_forwarded_and_change_nothing(tokenizer):
+    """A question whose samples all earned the same reward adds exactly 0 to the loss: leaving its
+    samples out of the forward pass gives the loss and gradient of the full formula, whose N still
+    counts them."""
+    episodes = _episodes(tokenizer, [1.0, 0.0, 0.3, 0.3], [0, 0, 1, 1])
+
+    def update(batch):
+        model = tiny_random_model(tokenizer)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        grads = {}
+        step = optimizer.step
+
+        def capture(*args, **kwargs):
+            grads.update({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+            return step(*args, **kwargs)
+
+        optimizer.step = capture
+        metrics = rloo_update(model, optimizer, batch, RLOOConfig(samples_per_question=2), tokenizer.pad_token_id,
+                              max_grad_norm=None)
+        return metrics, grads
+
+    full, full_grads = update(episodes)
+    alone, alone_grads = update(episodes[:2])
+    assert full["update/sequences"] == 2  # the two of question 1 were not forwarded
+    # The same sum of per-sample terms, divided by 4 instead of 2.
+    assert full["loss"] == pytest.approx(alone["loss"] / 2, rel=1e-5)
+    for name, gradient in alone_grads.items():
+        torch.testing.assert_close(full_grads[name], gradient / 2, rtol=1e-4, atol=1e-7)
+    skipped, _ = update(episodes[2:])
+    assert skipped["update/skipped"] == 1.0

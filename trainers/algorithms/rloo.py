@@ -32,7 +32,9 @@ sequence's tokens, so a longer completion is not down-weighted per token.
 One update (``rloo_update``): log π_old (and log π_ref for β > 0) once, without gradients; the
 advantages; then the shared ``optimize`` (trainers/algorithms/update.py): μ epochs of shuffled
 minibatches, micro-batches whose gradients accumulate, gradient-norm clipping, one optimizer step
-per minibatch.
+per minibatch. A sample with A_i = 0 (every sample of a question whose rewards are all equal) adds
+exactly 0 to ℓ whatever ρ is, so it gets no forward or backward pass; N still counts it, so the
+loss and its gradient are the formula's. On the geo agent about half the groups are all-equal.
 """
 
 from __future__ import annotations
@@ -151,6 +153,9 @@ def rloo_update(
     }
     if config.normalize_advantages and len(episodes) > 1:
         advantages = advantages / (advantages.std() + config.advantage_eps)
+    live = advantages != 0  # the samples whose ℓ_i can be other than 0
+    if not live.any():
+        return {**metrics, "update/skipped": 1.0}
 
     model.train()
     sums = {"tokens": 0.0, "ratio": 0.0, "entropy": 0.0}
@@ -170,18 +175,22 @@ def rloo_update(
             sums["entropy"] += (entropy * rows_mask).sum().item()
         return (token_loss * rows_mask).sum() / len(minibatch)
 
+    def split(minibatch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rows = minibatch[live[minibatch]]
+        return micro_batches(rows, batch.lengths, config.micro_batch_size) if len(rows) else ()
+
     update = optimize(
-        optimizer, trainable_parameters(model), len(batch),
-        lambda minibatch: micro_batches(minibatch, batch.lengths, config.micro_batch_size), micro_loss,
+        optimizer, trainable_parameters(model), len(batch), split, micro_loss,
         epochs=config.epochs, minibatch_size=config.minibatch_size, max_grad_norm=max_grad_norm, generator=generator,
     )
     tokens = max(sums["tokens"], 1.0)
+    forwarded_tokens = sum(len(e.token_ids) for e, alive in zip(episodes, live.tolist(), strict=True) if alive)
     metrics.update(
         {
             **update,
             "ratio/mean": sums["ratio"] / tokens,
             "entropy": sums["entropy"] / tokens,
-            **trained_stats(sums["tokens"], len(batch), sum(len(e.token_ids) for e in episodes)),
+            **trained_stats(sums["tokens"], int(live.sum()), forwarded_tokens),
         }
     )
     return metrics
