@@ -96,7 +96,10 @@ class EnvSpec:
                 env = data.get("env") or {}
                 if "id" in env:
                     reward = data.get("reward")
-                    return cls(env["id"], dict(env.get("kwargs") or {}), RewardConfig(**reward) if reward else None)
+                    try:
+                        return cls(env["id"], dict(env.get("kwargs") or {}), RewardConfig(**reward) if reward else None)
+                    except TypeError as error:
+                        raise ValueError(f"{config_file}: its reward section does not fit ({error})") from None
         return None
 
     def factory(self, tokenizer: Any) -> EnvFactory:

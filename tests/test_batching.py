@@ -78,3 +78,16 @@ def test_environments_made_one_by_one_each_search_alone(tokenizer, index):
     envs = [make_search_qa_env(index=counting, questions=None, tokenizer=tokenizer) for _ in range(4)]
     _one_search_turn(envs, tokenizer)
     assert counting.batches == [1, 1, 1, 1]
+
+
+def test_a_turn_larger_than_the_servers_limit_goes_as_several_requests(tokenizer, index):
+    """The server answers at most 256 queries a request: a turn of 600 environments' searches
+    arrives as requests of 256, 256 and 88, and every environment gets its own passages."""
+    from agentenv.tools.retrieval_client import RetrieverClient
+
+    counting = CountingIndex(index)
+    queries = [f"Town {i % 40} people" for i in range(600)]
+    with running_server(counting) as url, RetrieverClient(url) as client:
+        hits = client.search_batch(queries, 3)
+    assert counting.batches == [256, 256, 88]
+    assert [h[0].title for h in hits] == [index.search(q, 3)[0].title for q in queries]

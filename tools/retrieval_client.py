@@ -126,13 +126,16 @@ class RetrieverClient:
         max_retries: Extra attempts after a connection error or a 5xx answer.
         backoff_s: Wait before the first retry; doubles for each further one.
         down_for_s: With several servers, how long one that failed is skipped.
+        max_queries_per_request: A larger batch goes to a server as several requests of at most
+            this many queries, one after the other (256: ``agentenv serve-retriever``'s limit). A
+            rollout's turn is one batch of every environment's queries, B·G of them.
 
     Thread-safe; close it (or use it as a context manager) to release its connections.
     """
 
     def __init__(
         self, url: str | Sequence[str], timeout_s: float = 10.0, max_retries: int = 3, backoff_s: float = 0.2,
-        down_for_s: float = 30.0,
+        down_for_s: float = 30.0, max_queries_per_request: int = 256,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -143,6 +146,9 @@ class RetrieverClient:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.down_for_s = down_for_s
+        if max_queries_per_request < 1:
+            raise ValueError(f"max_queries_per_request must be at least 1, got {max_queries_per_request}")
+        self.max_queries_per_request = max_queries_per_request
         self._http = httpx.Client(timeout=timeout_s)
         self._pool = ThreadPoolExecutor(len(self.servers)) if len(self.servers) > 1 else None
 
@@ -151,7 +157,8 @@ class RetrieverClient:
         return self.search_batch([query], k)[0]
 
     def search_batch(self, queries: list[str], k: int) -> list[list[Hit]]:
-        """The ``k`` best passages for each query, in one request per server. Raises :class:`RetrieverError`."""
+        """The ``k`` best passages for each query: each server gets its share of the batch, in
+        requests of at most ``max_queries_per_request`` queries. Raises :class:`RetrieverError`."""
         if not queries:
             return []
         if self._pool is None:
@@ -180,6 +187,10 @@ class RetrieverClient:
         raise RetrieverError(f"every retriever failed: {'; '.join(problems)}")
 
     def _search(self, server: _Server, queries: list[str], k: int) -> list[list[Hit]]:
+        size = self.max_queries_per_request
+        return [hits for start in range(0, len(queries), size) for hits in self._request(server, queries[start : start + size], k)]
+
+    def _request(self, server: _Server, queries: list[str], k: int) -> list[list[Hit]]:
         if server.flashrag:
             body = {"query": list(queries), "top_n": k, "return_score": True}
         else:

@@ -62,18 +62,21 @@ MODE_ENVS = {"agent": "agentenv/SearchQA-v0", "rag": "agentenv/RagQA-v0", "close
 DEFAULT_LIMITS = {"max_turns": 4, "max_turn_tokens": 128, "max_total_tokens": 1536}
 
 
+def is_run_mode(mode: str, run_spec: Any) -> bool:
+    """Whether ``mode`` evaluates in the environment the run trained in."""
+    from agentenv.envs import resolve_env_id
+
+    return run_spec is not None and resolve_env_id(run_spec.id) == MODE_ENVS.get(mode, mode)
+
+
 def mode_spec(mode: str, run_spec: Any, args: argparse.Namespace) -> Any:
     """The environment spec ``mode`` runs under: the run's own when the mode is the run's
     environment, else the mode's environment with ``DEFAULT_LIMITS``; then the flags' overrides.
     The questions are ``--questions``, handed to the environments, not the spec's."""
-    from agentenv.envs import resolve_env_id
     from agentenv.spec import EnvSpec
 
     env_id = MODE_ENVS.get(mode, mode)
-    if run_spec is not None and resolve_env_id(run_spec.id) == env_id:
-        spec = run_spec
-    else:
-        spec = EnvSpec(env_id, dict(DEFAULT_LIMITS))
+    spec = run_spec if is_run_mode(mode, run_spec) else EnvSpec(env_id, dict(DEFAULT_LIMITS))
     overrides: dict[str, Any] = {"questions": None}
     for flag, key in (("max_turns", "max_turns"), ("max_turn_tokens", "max_turn_tokens"),
                       ("max_total_tokens", "max_total_tokens"), ("max_observation_tokens", "max_observation_tokens")):
@@ -534,7 +537,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
                                  for name in sorted({*envs[0].tools, *summary["tool_calls"]})}
         summary["seconds"] = round(time.perf_counter() - started, 1)
         summary["env"] = {"spec": factory.spec.to_record(), "limits": factory.limits(),
-                          "from": "the run's env_spec" if factory.spec.id == getattr(run_spec, "id", None) else "defaults"}
+                          "from": "the run's spec" if is_run_mode(mode, run_spec) else "defaults"}
         if args.best_of:
             from agentenv.trainers.evaluation.best_of_n import best_of_n
 

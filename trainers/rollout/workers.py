@@ -12,7 +12,7 @@
 With ``engine.workers: N`` the trainer builds a ``RolloutWorkers`` in place of its engine
 (trainers/loop/train.py). A worker is a Ray actor that receives the training config as plain data
 and builds what the training process would (trainers/loop/build.py): the tokenizer, environments
-from the run's spec with their tools built once (``make_envs``: one search index or retriever client
+from the run's spec with their tools built once (``env_factory``: one search index or retriever client
 per worker, shared by its environments) and an engine (``build_engine``: vLLM where
 installed, else transformers on a plain copy of the base model). It runs the same ``rollout()`` on
 its shard and sends back the finished ``RolloutBatch``: token ids, masks, engine logprobs, reward
@@ -101,8 +101,9 @@ class RolloutWorker:
             TINY_RANDOM,
             Policy,
             build_engine,
+            env_factory,
+            env_spec,
             load_policy_tokenizer,
-            make_envs,
             resolve_dtype,
         )
         from agentenv.trainers.loop.config import config_from_dict
@@ -115,8 +116,10 @@ class RolloutWorker:
         # Ray sets OMP_NUM_THREADS to the worker's CPUs; torch reads it late or not at all.
         torch.set_num_threads(max(1, int(config.engine.worker_num_cpus)))
         self.tokenizer = load_policy_tokenizer(config)
-        self._make_envs = lambda count: make_envs(config, self.tokenizer, count)
-        self.envs = self._make_envs(1)
+        # One factory for the worker's life: however many environments a rollout needs, they
+        # share its tools (one index or retriever client per worker).
+        self.env_factory = env_factory(config, env_spec(config), self.tokenizer)
+        self.envs = self.env_factory.make(1)
         model_path = None if config.model.name == TINY_RANDOM else resolve_model(config.model.name)
         dtype = resolve_dtype(config.model.dtype)
         model = base_model(config, self.tokenizer, model_path, dtype)
@@ -155,7 +158,7 @@ class RolloutWorker:
         ``episode_offset ...`` of the whole batch."""
         count = len(questions) * group_size
         if len(self.envs) < count:
-            self.envs = self._make_envs(count)
+            self.envs = self.envs + self.env_factory.make(count - len(self.envs))
         engine = _Delayed(self.engine, self.generate_delay_s) if self.generate_delay_s else self.engine
         return rollout(engine, self.envs[:count], questions, group_size, sampling, episode_offset=episode_offset)
 
