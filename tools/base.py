@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Python type -> JSON-schema type names that `get_json_schema` produces.
@@ -61,6 +61,7 @@ class ToolOutput:
     unavailable: bool = False
 
 
+@dataclass
 class Tool:
     """A callable the policy can use.
 
@@ -75,23 +76,13 @@ class Tool:
     import) does not import transformers; the search server and clients never ask.
     """
 
-    def __init__(
-        self,
-        name: str,
-        description: str | None,
-        parameters: dict[str, Any] | None,
-        function: Callable[..., str],
-        batch_function: Callable[[list[dict[str, Any]]], list[str | ToolError]] | None = None,
-        max_error_chars: int = 300,  # error strings are clipped so a failing tool cannot flood the context
-    ):
-        self.name = name
-        self.function = function
-        self.batch_function = batch_function
-        self.max_error_chars = max_error_chars
-        self._description, self._parameters = description, parameters
-
-    def __repr__(self) -> str:
-        return f"Tool(name={self.name!r})"
+    name: str
+    description: str | None = field(repr=False)
+    parameters: dict[str, Any] | None = field(repr=False)
+    function: Callable[..., str]
+    batch_function: Callable[[list[dict[str, Any]]], list[str | ToolError]] | None = None
+    # Error strings are clipped so a failing tool cannot flood the context.
+    max_error_chars: int = field(default=300, repr=False)
 
     @classmethod
     def from_function(
@@ -110,18 +101,6 @@ class Tool:
         if untyped:
             raise ValueError(f"tool {name!r}: argument(s) {', '.join(untyped)} need a type hint (the JSON schema reads them)")
         return cls(name, None, None, function, batch_function)
-
-    @property
-    def description(self) -> str:
-        if self._description is None:
-            self._read_schema()
-        return self._description
-
-    @property
-    def parameters(self) -> dict[str, Any]:
-        if self._parameters is None:
-            self._read_schema()
-        return self._parameters
 
     def _read_schema(self) -> None:
         from transformers.utils import get_json_schema
@@ -214,6 +193,26 @@ class Tool:
         message = str(error)
         message = message if len(message) <= self.max_error_chars else message[: self.max_error_chars] + "…"
         return ToolOutput(f"Error ({self.name}): {message}", ok=False, unavailable=isinstance(error, ToolUnavailable))
+
+
+def _read_when_first_asked(name: str) -> property:
+    """A property over ``_<name>`` that reads the function's schema while it is None."""
+    private = f"_{name}"
+
+    def get(self: Tool) -> Any:
+        if getattr(self, private, None) is None:
+            self._read_schema()
+        return getattr(self, private)
+
+    def set(self: Tool, value: Any) -> None:
+        setattr(self, private, value)
+
+    return property(get, set)
+
+
+# Set after @dataclass has written __init__ (which assigns through them), so the fields stay.
+Tool.description = _read_when_first_asked("description")
+Tool.parameters = _read_when_first_asked("parameters")
 
 
 def tool(function: Callable[..., str] | None = None, *, name: str | None = None):
