@@ -56,6 +56,21 @@ def _episodes(tokenizer, rewards, groups):
     return episodes
 
 
+def _update(tokenizer, episodes, config, model=None):
+    """One ``rloo_update`` at learning rate 0; its metrics and the gradient it stepped with."""
+    model = model if model is not None else tiny_random_model(tokenizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    grads = {}
+    step = optimizer.step
+
+    def capture(*args, **kwargs):
+        grads.update({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    optimizer.step = capture
+    return rloo_update(model, optimizer, episodes, config, tokenizer.pad_token_id, max_grad_norm=None), grads
+
+
 def test_one_update_is_reinforce_with_the_leave_one_out_baseline_on_the_whole_completion(tokenizer):
     """With one pass ρ = 1 and ∇L = −(1/N) Σ_i A_i ∇ Σ_t m_{i,t} log π(o_{i,t}): the gradient of that
     objective written out by hand, token by token, on the model itself."""
@@ -75,17 +90,7 @@ def test_one_update_is_reinforce_with_the_leave_one_out_baseline_on_the_whole_co
     hand = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    grads = {}
-    step = optimizer.step
-
-    def capture(*args, **kwargs):
-        grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-        return step(*args, **kwargs)
-
-    optimizer.step = capture
-    metrics = rloo_update(model, optimizer, episodes, RLOOConfig(samples_per_question=3, micro_batch_size=4),
-                          tokenizer.pad_token_id, max_grad_norm=None)
+    metrics, grads = _update(tokenizer, episodes, RLOOConfig(samples_per_question=3, micro_batch_size=4), model)
     # At ρ = 1 the surrogate's value is −(1/N) Σ_i A_i (policy tokens of i); its gradient is REINFORCE's.
     surrogate = -sum(a * sum(e.policy_mask) for a, e in zip(A, episodes, strict=True)) / len(episodes)
     assert metrics["loss"] == pytest.approx(surrogate, abs=1e-5)
@@ -100,18 +105,7 @@ def test_tool_tokens_after_the_last_policy_token_change_neither_loss_nor_gradien
         episodes = _episodes(tokenizer, [1.0, 0.0], [0, 0])
         for episode in episodes:
             episode.trajectory.append("tool", closing_tool_tokens)
-        model = tiny_random_model(tokenizer)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        grads = {}
-        step = optimizer.step
-
-        def capture(*args, **kwargs):
-            grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-            return step(*args, **kwargs)
-
-        optimizer.step = capture
-        metrics = rloo_update(model, optimizer, episodes, RLOOConfig(samples_per_question=2), tokenizer.pad_token_id,
-                              max_grad_norm=None)
+        metrics, grads = _update(tokenizer, episodes, RLOOConfig(samples_per_question=2))
         return metrics["loss"], grads
 
     loss_a, grads_a = update([11, 12, 13])
@@ -137,19 +131,7 @@ def test_samples_without_an_advantage_are_not_forwarded_and_change_nothing(token
     episodes = _episodes(tokenizer, [1.0, 0.0, 0.3, 0.3], [0, 0, 1, 1])
 
     def update(batch):
-        model = tiny_random_model(tokenizer)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        grads = {}
-        step = optimizer.step
-
-        def capture(*args, **kwargs):
-            grads.update({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
-            return step(*args, **kwargs)
-
-        optimizer.step = capture
-        metrics = rloo_update(model, optimizer, batch, RLOOConfig(samples_per_question=2), tokenizer.pad_token_id,
-                              max_grad_norm=None)
-        return metrics, grads
+        return _update(tokenizer, batch, RLOOConfig(samples_per_question=2))
 
     full, full_grads = update(episodes)
     alone, alone_grads = update(episodes[:2])
