@@ -114,7 +114,8 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str,
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, multiplier: float) -> float:
-    """Every parameter group's ``base_lr`` × ``multiplier``; returns the first group's rate."""
+    """Every parameter group's ``base_lr`` × ``multiplier`` (a group without one keeps its rate
+    as the base); returns the first group's rate."""
     for group in optimizer.param_groups:
         group["lr"] = group.setdefault("base_lr", group["lr"]) * multiplier
     return optimizer.param_groups[0]["lr"]

@@ -191,10 +191,11 @@ def build_optimizer(policy: Policy, config: TrainConfig, phase: str) -> torch.op
     group's base rate by the schedule (``update.set_learning_rate``)."""
     optim = config.optim
     lr = algorithms.get(phase).constant_lr(section(config, phase)) or optim.lr
-    groups = [{"params": [p for p in policy.model.parameters() if p.requires_grad]}]
+    groups = [{"params": [p for p in policy.model.parameters() if p.requires_grad], "base_lr": lr}]
     if phase == config.mode:
         for name, module in policy.modules.items():
-            groups.append({"params": list(module.parameters()), "lr": policy.module_lrs.get(name) or lr})
+            rate = policy.module_lrs.get(name) or lr
+            groups.append({"params": list(module.parameters()), "lr": rate, "base_lr": rate})
     return torch.optim.AdamW(groups, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
 
 

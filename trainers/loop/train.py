@@ -207,8 +207,12 @@ def train(
         phase = phase_of(state["step"] + 1)
         same_phase = state["phase"] == phase
         optimizer = build_optimizer(policy, config, phase)
+        base_rates = [group["base_lr"] for group in optimizer.param_groups]
         load_checkpoint(checkpoint, model, optimizer if same_phase else None,
                         modules=policy.modules if state["phase"] == config.mode else None)
+        # The base rates are the config's: a checkpoint from before they were kept holds none.
+        for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
+            group["base_lr"] = rate
         step, order.cursor = state["step"], state["cursor"]
         if item_order is not None:
             item_order.cursor = state.get("item_cursor", state.get("pair_cursor", 0))
