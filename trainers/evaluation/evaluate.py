@@ -118,8 +118,9 @@ def transcripts_file(mode: str) -> str:
 # --- metrics -------------------------------------------------------------------------------------
 
 
-def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-question means over samples, then means over questions; EM with a 95 % interval."""
+def summarise(records: list[dict[str, Any]], tools: Sequence[str] = ()) -> dict[str, Any]:
+    """Per-question means over samples, then means over questions; EM with a 95 % interval.
+    ``tools``: the environment's tools, counted (0) even where no episode called them."""
     by_question: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_question[record["id"]].append(record)
@@ -141,11 +142,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "valid_format": _mean(question_mean("format_valid")),
         "policy_tokens": _mean(question_mean("policy_tokens")),
     }
-    # Calls per question of every tool any episode called, by name (0 where an episode did not).
-    tools = sorted({name for r in records for name in r.get("tool_calls") or {}})
+    # Calls per question of every tool of the env or any episode called, by name (0 where an episode did not).
+    called = sorted({*tools, *(name for r in records for name in r.get("tool_calls") or {})})
     summary["tool_calls"] = {
         name: _mean([sum(r.get("tool_calls", {}).get(name, 0) for r in rs) / len(rs) for rs in by_question.values()])
-        for name in tools
+        for name in called
     }
     if records and all("reward_model_score" in r for r in records):
         summary["reward_model_score"] = _mean(question_mean("reward_model_score"))
@@ -532,9 +533,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         with (out / transcripts_file(mode)).open("w") as file:
             for record in records:
                 file.write(json.dumps(record) + "\n")
-        summary = summarise(records)
-        summary["tool_calls"] = {name: summary["tool_calls"].get(name, 0.0)  # every tool of the env, called or not
-                                 for name in sorted({*envs[0].tools, *summary["tool_calls"]})}
+        summary = summarise(records, tools=list(envs[0].tools))
         summary["seconds"] = round(time.perf_counter() - started, 1)
         summary["env"] = {"spec": factory.spec.to_record(), "limits": factory.limits(),
                           "from": "the run's spec" if is_run_mode(mode, run_spec) else "defaults"}

@@ -42,9 +42,14 @@ def make_envs(config: TrainConfig, tokenizer: Any, count: int, questions: str | 
     if questions is not None:
         spec = spec.updated(questions=questions)
     envs = env_factory(config, spec, tokenizer).make(count)
-    if not envs[0].questions:
-        raise ConfigError(f"env {config.env.id} has no training questions (set env.kwargs.questions)")
+    require_questions(config, envs[0])
     return envs
+
+
+def require_questions(config: TrainConfig, env: Any) -> None:
+    """A ConfigError when the environment has no questions to train on."""
+    if not env.questions:
+        raise ConfigError(f"env {config.env.id} has no training questions (set env.kwargs.questions)")
 
 
 def env_factory(config: TrainConfig, spec: EnvSpec, tokenizer: Any) -> Any:

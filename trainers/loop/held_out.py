@@ -42,12 +42,10 @@ class HeldOutCurve:
         records = evaluate_envs("dev", engine, self.envs, self.questions, 1, sampling, self.tokenizer, progress=False,
                                 score_trajectories=score)
         model.train(was_training)
-        summary = summarise(records)
+        summary = summarise(records, tools=list(self.envs[0].tools))
         metrics = {f"dev/{key}": summary[key] for key in
                    ("exact_match", "f1", "valid_format", "turns", "policy_tokens")}
-        # Every tool of the environment, called or not.
-        tools = sorted({*self.envs[0].tools, *summary["tool_calls"]})
-        metrics.update({f"dev/tools/{name}_calls": summary["tool_calls"].get(name, 0.0) for name in tools})
+        metrics.update({f"dev/tools/{name}_calls": calls for name, calls in summary["tool_calls"].items()})
         for group in ("exact_match_by_kind", "exact_match_by_class"):
             for name, entry in summary[group].items():
                 metrics[f"dev/exact_match/{name}"] = entry["exact_match"]

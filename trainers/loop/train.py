@@ -47,6 +47,7 @@ from agentenv.trainers.loop.build import (
     load_policy,
     load_policy_tokenizer,
     lr_schedule,
+    require_questions,
     section,
     seed_everything,
 )
@@ -191,9 +192,8 @@ def train(
     spec = env_spec(config)
     factory = env_factory(config, spec, tokenizer)
     envs = factory.make(B * G if rolls_out and not config.engine.workers else 1)
+    require_questions(config, envs[0])
     questions = envs[0].questions
-    if not questions:
-        raise ConfigError(f"env {config.env.id} has no training questions (set env.kwargs.questions)")
     spec.save(run_dir)
     order = QuestionOrder(len(questions), config.seed)
     policy = load_policy(config, tokenizer)
