@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("agentenv.trainers.loop.reward_model_training", "train a reward model on preference pairs (Bradley-Terry)"),
     "experiment": ("agentenv.trainers.evaluation.experiment", "train and evaluate every row of a comparison, one table"),
     "probe": ("agentenv.trainers.loop.probe", "share of GRPO groups with all-equal rewards, by G and temperature"),
+    "diagnose": ("agentenv.trainers.evaluation.diagnose", "what a GRPO/RLOO run fed its updates, by question class and tool use"),
     "plot": ("agentenv.trainers.evaluation.plot", "turn a training log into PNG curves"),
     "view": ("agentenv.trainers.evaluation.viewer", "the episodes of a run or an eval as one HTML page, coloured by source"),
 }

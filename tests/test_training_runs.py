@@ -1,5 +1,6 @@
 """What a training run adds for experiments: the held-out curve, starting from another run's
-weights, and the baselines' SFT data (retrieve-then-answer and closed-book oracle episodes)."""
+weights, the baselines' SFT data (retrieve-then-answer and closed-book oracle episodes), and the
+episode log `agentenv diagnose` reads."""
 
 import json
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 import agentenv  # noqa: F401  (registers the environments)
+from agentenv.cli import main
 from agentenv.trainers.algorithms.sft import oracle_episode
 from agentenv.trainers.loop.config import ConfigError, load_config
 from agentenv.trainers.loop.train import train
@@ -149,3 +151,17 @@ def test_probe_runs_on_a_tiny_model(tmp_path, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["group_size"] for line in lines] == [2, 3]
     assert all(0 <= line["equal_reward_groups"] <= 1 for line in lines)
+
+
+def test_a_grpo_run_logs_every_episode_and_diagnose_reads_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(load_config(None, [*TINY_SEARCH, "max_steps=2"]), run)
+    lines = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1] * 4 + [2] * 4  # B 2 × G 2 a step
+    assert {line["group"] for line in lines if line["step"] == 1} == {0, 1}
+    assert all(line["class"] in {"single-hop", "two-hop", "calculator"} for line in lines)
+    assert all(set(line["tool_calls"]) == {"search", "calculator"} or line["tool_calls"] == {} for line in lines)
+    assert main(["diagnose", str(run), "--json", str(tmp_path / "report.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "## Drift by class" in printed and "## The push by episode length" in printed
+    assert json.loads((tmp_path / "report.json").read_text())["episodes"] == 8

@@ -116,6 +116,9 @@ class LoggingConfig:
     tensorboard: bool = True
     progress: bool = True
     transcripts_per_step: int = 2
+    # A line per training episode in episodes.jsonl (reward, class, tool calls, length; no text):
+    # what `agentenv diagnose` reads. ~250 bytes an episode.
+    episodes: bool = True
     # Weights & Biases beside TensorBoard (`pip install agentenv[wandb]`): the same metric names,
     # the run's config, files under <run>/wandb/; offline when no API key is set.
     wandb: bool = False

@@ -6,7 +6,11 @@
   and the run's config; offline (nothing leaves the machine; ``wandb sync`` uploads it later) unless
   an API key is set (``WANDB_API_KEY`` or a ``~/.netrc`` entry) or ``WANDB_MODE`` says otherwise;
 * ``transcripts/step_000003.jsonl`` — a few decoded episodes per step, each with its segments
-  (prompt / policy / tool) and a ``text`` in which tool output is marked ``[TOOL]…[/TOOL]``.
+  (prompt / policy / tool) and a ``text`` in which tool output is marked ``[TOOL]…[/TOOL]``;
+* ``episodes.jsonl`` — every episode a rollout step trained on, one short line each (no text): its
+  group, question id and class, reward and terms, tool calls and failed calls, length, finish
+  reason. What the update was fed, to be read back by ``agentenv diagnose`` (the advantages
+  follow from the groups' rewards).
 
 After a resume, ``metrics.jsonl`` keeps only the steps up to the checkpoint, so the curves of a
 killed and resumed run are those of an uninterrupted one; the steps cut from it move to
@@ -25,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from agentenv.corpora import question_class
 
 TOOL_OPEN, TOOL_CLOSE = "[TOOL]", "[/TOOL]"
 # The steps a killed run logged past the checkpoint it resumed from, appended at each resume.
@@ -211,6 +217,40 @@ def transcript(episode: Any, tokenizer: Any) -> dict[str, Any]:
         "text": text,
         "segments": segments,
     }
+
+
+EPISODES_FILE = "episodes.jsonl"
+
+
+def episode_record(step: int, episode: Any) -> dict[str, Any]:
+    """One line of ``episodes.jsonl``."""
+    question = episode.question
+    failed = sum(not call.get("ok", True) for turn in episode.turns for call in turn.get("calls", ()))
+    return {
+        "step": step,
+        "group": episode.group,
+        "id": question.get("id"),
+        "class": question_class(question),
+        "reward": episode.reward,
+        "reward_components": dict(episode.reward_components),
+        "format_valid": bool(episode.format_valid),
+        "finish_reason": episode.finish_reason,
+        "turns": episode.num_turns,
+        "tool_calls": dict(episode.tool_calls),
+        "failed_calls": failed,
+        "policy_tokens": episode.trajectory.count("policy"),
+        "total_tokens": len(episode.trajectory),
+        "answer": episode.answer,
+    }
+
+
+def write_episodes(run_dir: str | Path, step: int, episodes: Sequence[Any]) -> Path:
+    """Append a line per episode of step ``step`` to ``episodes.jsonl``."""
+    path = Path(run_dir) / EPISODES_FILE
+    with path.open("a") as file:
+        for episode in episodes:
+            file.write(json.dumps(episode_record(step, episode), default=_json_default) + "\n")
+    return path
 
 
 def write_transcripts(run_dir: str | Path, step: int, episodes: Sequence[Any], tokenizer: Any, count: int) -> Path | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agentenv.trainers.loop.config import TrainConfig
-from agentenv.trainers.loop.metrics import write_transcripts
+from agentenv.trainers.loop.metrics import write_episodes, write_transcripts
 from agentenv.trainers.rollout.engines import SamplingConfig
 from agentenv.trainers.rollout.rollout import RolloutBatch, episode_stats, rollout
 from agentenv.trainers.rollout.workers import RolloutWorkers
@@ -86,7 +86,7 @@ def step_metrics(
     update: dict[str, Any], times: dict[str, float],
 ) -> dict[str, Any]:
     """The step's metrics: the batch's episode statistics (none for an offline step), the update's,
-    the time split and throughputs; and its transcripts written."""
+    the time split and throughputs; and its transcripts and episode lines written."""
     metrics = dict(update)
     if batch is not None:
         metrics = {**episode_stats(batch), **metrics}
@@ -94,6 +94,8 @@ def step_metrics(
         metrics["time/env_s"] = batch.env_seconds
         metrics["throughput/generated_tokens_per_s"] = batch.generated_tokens_per_s
         write_transcripts(run_dir, step, batch.episodes, policy.tokenizer, config.logging.transcripts_per_step)
+        if config.logging.episodes:
+            write_episodes(run_dir, step, batch.episodes)
     if isinstance(engine, RolloutWorkers):
         metrics["workers/restarts"] = float(engine.restarts)  # since the run (or its resume) started
         metrics["rollout/behaviour_lag"] = float(batch.behaviour_lag) if batch is not None else 0.0

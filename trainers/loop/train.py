@@ -67,7 +67,7 @@ from agentenv.trainers.loop.config import (
     training_changes,
 )
 from agentenv.trainers.loop.held_out import HeldOutCurve
-from agentenv.trainers.loop.metrics import MetricsLogger, restart_jsonl
+from agentenv.trainers.loop.metrics import EPISODES_FILE, MetricsLogger, restart_jsonl
 from agentenv.trainers.loop.sampling import (
     oracle_episodes,
     prefetch_ahead,
@@ -229,7 +229,7 @@ def train(
         held_out = HeldOutCurve(config, factory, tokenizer, policy.learned_reward)
 
     if rolls_out:
-        for name in mode.step_files:
+        for name in (*mode.step_files, EPISODES_FILE):
             restart_jsonl(run_dir / name, step if checkpoint else None)
     logger = MetricsLogger(
         run_dir, tensorboard=config.logging.tensorboard, resume_step=step if checkpoint else None,
