@@ -1,7 +1,5 @@
 """`agentenv diagnose`: the episode log a rollout run writes, and the report read from it."""
 
-import json
-
 import pytest
 
 from agentenv.cli import main
