@@ -16,6 +16,12 @@ tagged segments; the loss mask (``info["policy_mask"]``) is built from the tags.
 Rollout drivers that run many environments at once call ``step_batch(envs, actions)``: it parses
 every turn, sends all calls to one tool in a single batched call (one BM25 query matrix, one HTTP
 request), then finishes every step. ``env.step`` is ``step_batch`` with one environment.
+
+What a policy writes, and what a tool does, cannot break a rollout: a turn that does not parse
+and a tool that raises are error observations of that call, and the token budgets hold whatever
+the turn (``ToolEnv``'s ``max_*`` arguments). Only the caller's own mistakes raise (a finished
+episode, a token id outside the vocabulary), and they raise before any environment of the batch
+has changed.
 """
 
 from __future__ import annotations
@@ -41,7 +47,11 @@ FINISH_REASONS = ("answer", "untagged_answer", "max_turns", "max_tokens", "no_to
 
 @dataclass
 class _Turn:
+    token_ids: list[int]
+    logprobs: list[float] | None
     parsed: ParsedTurn
+    # Tokens cut from the end of an action longer than the turn's budget (``max_new_tokens``).
+    truncated_tokens: int = 0
     runnable: list[ToolCall] = field(default_factory=list)
     # {"tool", "arguments", "ok", "unavailable", "output"} per call the policy wrote: what the
     # failed-call counts and process rewards are read from.
@@ -62,9 +72,15 @@ class ToolEnv(gym.Env):
             ``agentenv.corpora.load_questions`` reads) or ``"geo:train"``/``"geo:dev"``/``"geo:test"``.
         system_prompt: replaces the generated instructions (the tool list is still rendered).
         max_turns: policy turns before the episode is truncated.
-        max_total_tokens: context length (prompt + turns + tool output) before truncation.
-        max_turn_tokens: the most tokens the policy may generate in one turn.
-        max_observation_tokens: tool output beyond this many tokens per turn is cut.
+        max_total_tokens: context length (prompt + turns + tool output); the episode ends
+            (``max_tokens``) when it is reached, and nothing is appended past it.
+        max_turn_tokens: the most tokens the policy may generate in one turn. A longer action is
+            cut to ``max_new_tokens`` (the turn's budget, the smaller of this and the room left),
+            as a generation engine would have stopped it; ``info["truncated_action_tokens"]``
+            says how many tokens were cut.
+        max_observation_tokens: the most tokens of one tool turn, its wrapping included. When the
+            outputs do not fit (this, or the room left in the context), short ones are kept
+            whole and the long ones share the rest, each cut with " …".
         max_calls_per_turn: calls beyond this in one turn get an error instead of running.
         on_no_call: a turn with neither a tool call nor an answer gets a ``"nudge"`` (the
             default: an observation restating the format, and the episode goes on), ``"end"``s the
@@ -97,7 +113,8 @@ class ToolEnv(gym.Env):
         info: ``trajectory``, ``token_ids``, ``policy_mask``, ``tool_calls`` (per tool),
             ``failed_tool_calls``, ``num_turns``, ``turns`` (per policy turn, its ``calls``: tool,
             arguments, ok, unavailable, output — what process rewards judge), ``answer``, ``format_valid``,
-            ``finish_reason`` (None while running), ``reward_components`` (once finished).
+            ``finish_reason`` (None while running), ``reward_components`` (once finished),
+            ``truncated_action_tokens`` (tokens cut from this step's action; 0 when it fit).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -136,7 +153,8 @@ class ToolEnv(gym.Env):
         if on_no_call not in ("end", "nudge", "answer"):
             raise ValueError(f"on_no_call must be 'end', 'nudge' or 'answer', got {on_no_call!r}")
         for name, value in (("max_turns", max_turns), ("max_total_tokens", max_total_tokens),
-                            ("max_turn_tokens", max_turn_tokens), ("max_calls_per_turn", max_calls_per_turn)):
+                            ("max_turn_tokens", max_turn_tokens), ("max_observation_tokens", max_observation_tokens),
+                            ("max_calls_per_turn", max_calls_per_turn)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.max_turns = max_turns
@@ -229,17 +247,37 @@ class ToolEnv(gym.Env):
 
     def begin_step(self, action, logprobs: Sequence[float] | None = None) -> list[ToolCall]:
         """Record the policy's turn and parse it; return the calls that should run."""
+        return self._begin(self._read_turn(action, logprobs))
+
+    def _read_turn(self, action, logprobs: Sequence[float] | None) -> _Turn:
+        """The policy's turn, checked, cut to its budget and parsed; the environment is unchanged,
+        so a batch can check every turn before it changes any environment."""
         if self._done:
             raise RuntimeError("the episode is over (or never started): call reset() first")
         if self._pending is not None:
             raise RuntimeError("begin_step() called twice without end_step()")
         token_ids = self._action_ids(action)
-        self.trajectory.append("policy", token_ids, logprobs)
+        if logprobs is not None:
+            logprobs = [float(x) for x in logprobs]
+            if len(logprobs) != len(token_ids):
+                raise ValueError(f"{len(logprobs)} logprobs for {len(token_ids)} tokens in a policy turn")
+        budget = self.max_new_tokens
+        truncated = max(0, len(token_ids) - budget)
+        token_ids = token_ids[:budget]
+        logprobs = None if logprobs is None else logprobs[:budget]
         text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
-        parsed = self.parser.parse(text, self.tools)
+        try:
+            parsed = self.parser.parse(text, self.tools)
+        except Exception as error:  # noqa: BLE001 - a parser of one's own must not end the rollout
+            message = _short(f"the turn could not be parsed: {type(error).__name__}: {error}")
+            parsed = ParsedTurn(tool_calls=[ToolCall("?", None, message)])
         runnable = [call for call in parsed.tool_calls if call.error is None][: self.max_calls_per_turn]
-        self._pending = _Turn(parsed, runnable)
-        return list(runnable)
+        return _Turn(token_ids, logprobs, parsed, truncated, runnable)
+
+    def _begin(self, turn: _Turn) -> list[ToolCall]:
+        self.trajectory.append("policy", turn.token_ids, turn.logprobs)
+        self._pending = turn
+        return list(turn.runnable)
 
     def end_step(self, outputs: Sequence[ToolOutput]):
         """Append the tool output for the calls ``begin_step`` returned; finish the step."""
@@ -267,7 +305,8 @@ class ToolEnv(gym.Env):
                 return self._finish("no_tool_call", terminated=False)
             self._nudges += 1
             observations = ["No tool call or answer found. " + self.parser.instructions(self.tools)]
-        self._append_tool_output(observations)
+        if self._room() > 0:
+            self._append_tool_output(observations)
 
         if len(self._turns) >= self.max_turns:
             return self._finish("max_turns", terminated=False)
@@ -297,20 +336,37 @@ class ToolEnv(gym.Env):
                                "output": observations[-1]})
         return observations
 
+    def _room(self) -> int:
+        return self.max_total_tokens - len(self.trajectory)
+
     def _append_tool_output(self, observations: list[str]) -> None:
-        budget = max(1, self.max_observation_tokens // len(observations))
-        clipped = [self._clip(text, budget) for text in observations]
-        text = self.parser.format_results(clipped)
+        """The tool turn, in at most ``max_observation_tokens`` and the room left in the context."""
+        limit = min(self.max_observation_tokens, self._room())
+        outputs = [self._encode(text) for text in observations]
+        room = limit - len(self._encode(self._tool_text([""] * len(observations))))
+        # Tokens merge differently across the joins, so the sum of the parts is only an estimate:
+        # measure the whole, give back what it overshot, and as a last resort cut the ids.
+        for _ in range(3):
+            shares = _fair_shares([len(ids) for ids in outputs], room)
+            ids = self._encode(self._tool_text([self._clip(*args) for args in zip(observations, outputs, shares, strict=True)]))
+            if len(ids) <= limit:
+                break
+            room -= len(ids) - limit
+        self.trajectory.append("tool", ids[:limit])
+
+    def _tool_text(self, outputs: list[str]) -> str:
+        text = self.parser.format_results(outputs)
         if self._tool_turn_wrapper is not None:
             before, after = self._tool_turn_wrapper
             text = before + text + after
-        self.trajectory.append("tool", self._encode(text))
+        return text
 
-    def _clip(self, text: str, max_tokens: int) -> str:
-        ids = self._encode(text)
+    def _clip(self, text: str, ids: list[int], max_tokens: int) -> str:
         if len(ids) <= max_tokens:
             return text
-        return self.tokenizer.decode(ids[:max_tokens]) + " …"
+        marker = " …"
+        keep = max_tokens - len(self._encode(marker))
+        return self.tokenizer.decode(ids[:keep]) + marker if keep > 0 else ""
 
     def _finish(self, finish_reason: str, terminated: bool):
         self._done = True
@@ -359,6 +415,7 @@ class ToolEnv(gym.Env):
             "answer": self._answer,
             "format_valid": self._format_valid(finish_reason) if finish_reason else False,
             "finish_reason": finish_reason,
+            "truncated_action_tokens": self._turns[-1].truncated_tokens if self._turns else 0,
         }
 
     def _action_ids(self, action) -> list[int]:
@@ -435,21 +492,77 @@ class ToolEnv(gym.Env):
 
 
 def step_batch(envs: Sequence[ToolEnv], actions: Sequence[Any], logprobs: Sequence[Any] | None = None):
-    """Step many environments; each tool receives all of this turn's calls in one batch."""
+    """Step many environments; each tool receives all of this turn's calls in one batch.
+
+    Every turn is checked and every call run before any environment changes, so a bad action (a
+    finished episode, an id outside the vocabulary), or an interrupt inside a tool, raises with
+    every environment as it was. A tool's exceptions are its calls' error observations, and every
+    environment finishes its step."""
     envs = [getattr(env, "unwrapped", env) for env in envs]
-    pending = [env.begin_step(action, None if logprobs is None else logprobs[i])
-               for i, (env, action) in enumerate(zip(envs, actions, strict=True))]
+    if len({id(env) for env in envs}) != len(envs):
+        raise ValueError("an environment appears twice in one step_batch")
+    logprobs = [None] * len(envs) if logprobs is None else logprobs
+    turns = [env._read_turn(action, lp) for env, action, lp in zip(envs, actions, logprobs, strict=True)]
+    outputs = _run_calls(envs, [turn.runnable for turn in turns])
+    # Finish every step even if one raises (a reward function of one's own), then raise the first.
+    results, failure = [], None
+    for env, turn, out in zip(envs, turns, outputs, strict=True):
+        env._begin(turn)
+        try:
+            results.append(env.end_step(out))
+        except Exception as error:  # noqa: BLE001 - re-raised below, once every step is finished
+            failure = failure or error
+    if failure is not None:
+        raise failure
+    return results
+
+
+def _run_calls(envs: list[ToolEnv], pending: list[list[ToolCall]]) -> list[list[ToolOutput]]:
+    """One output per call; the calls to one tool (the object, not its name: environments may
+    carry different tools) go in one batch."""
     outputs: list[list[ToolOutput | None]] = [[None] * len(calls) for calls in pending]
-    # Group by the tool object, not its name: environments may carry different tools.
     batches: dict[int, list[tuple[int, int, ToolCall]]] = defaultdict(list)
     tools: dict[int, Tool] = {}
     for i, calls in enumerate(pending):
         for j, call in enumerate(calls):
-            tool = envs[i].tools[call.name]
+            tool = envs[i].tools.get(call.name)
+            if tool is None:  # only a parser of one's own lets such a call through
+                outputs[i][j] = ToolOutput(f"Error: there is no tool {call.name!r}", ok=False)
+                continue
             tools[id(tool)] = tool
             batches[id(tool)].append((i, j, call))
     for key, items in batches.items():
-        results = tools[key].run_batch([call.arguments for _, _, call in items])
+        results = _run_batch(tools[key], [call.arguments for _, _, call in items])
         for (i, j, _), result in zip(items, results, strict=True):
             outputs[i][j] = result
-    return [env.end_step(out) for env, out in zip(envs, outputs, strict=True)]
+    return outputs
+
+
+def _run_batch(tool: Tool, calls: list[dict[str, Any]]) -> list[ToolOutput]:
+    """``tool.run_batch``, which must not raise, made sure not to: a tool of one's own that raises
+    or answers with the wrong number of results fails its own calls, not the batch."""
+    try:
+        results = list(tool.run_batch(calls))
+        if len(results) != len(calls):
+            raise RuntimeError(f"run_batch returned {len(results)} outputs for {len(calls)} calls")
+        return [result if isinstance(result, ToolOutput) else ToolOutput(str(result)) for result in results]
+    except Exception as error:  # noqa: BLE001 - a tool bug must not crash the rollout
+        message = _short(f"Error ({getattr(tool, 'name', 'tool')}): {type(error).__name__}: {error}")
+        return [ToolOutput(message, ok=False)] * len(calls)
+
+
+def _fair_shares(lengths: list[int], total: int) -> list[int]:
+    """Split ``total`` tokens between outputs of these lengths: the short ones are kept whole and
+    the long ones share what is left equally, so one long passage does not crowd out a short
+    calculator result."""
+    shares = [0] * len(lengths)
+    left, count = max(0, total), len(lengths)
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        shares[i] = min(lengths[i], left // count)
+        left -= shares[i]
+        count -= 1
+    return shares
+
+
+def _short(message: str, max_chars: int = 300) -> str:
+    return message if len(message) <= max_chars else message[:max_chars] + "…"

@@ -24,6 +24,11 @@ ReSearch). Defined behaviour for malformed turns, identical in both parsers:
 * an answer → the turn's answer; calls in the same turn are dropped and flagged, text after
   ``</answer>`` is ignored and flagged. Flags land in ``ParsedTurn.format_errors``;
 * an unclosed ``<answer>`` → no answer, a format error.
+
+Whatever the text, ``parse`` returns: JSON that Python refuses to read (nested past the recursion
+limit, an integer longer than the int-string limit) is a call with ``error`` like any other bad
+JSON. Parsing is linear in the length of the turn, so a policy that samples a megabyte of
+unclosed tags costs milliseconds.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ from agentenv.tools.base import Tool
 ANSWER_TAG = "answer"
 # Tags a policy may write that are not calls: reasoning, as ReSearch and Search-R1 prompt it.
 NOT_CALL_TAGS = ("think", "reasoning")
-_BOXED = re.compile(r"\\boxed\{(.*)\}", re.DOTALL)
+_BOXED = "\\boxed{"
+# What ``json.loads`` raises on text it cannot read: a JSONDecodeError (a ValueError), a ValueError
+# for an integer past Python's int-string limit, a RecursionError for nesting past the stack.
+_JSON_ERRORS = (ValueError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,12 @@ def format_answer(answer: str) -> str:
 
 
 def unwrap_answer(text: str) -> str:
-    """Strip whitespace and a ReSearch-style ``\\boxed{...}`` around the final answer."""
-    boxed = _BOXED.search(text)
-    return (boxed.group(1) if boxed else text).strip()
+    """Strip whitespace and a ReSearch-style ``\\boxed{...}`` around the final answer: from the
+    first ``\\boxed{`` to the last ``}`` after it. Two scans, where a backtracking regex would
+    take quadratic time on a turn of unclosed ``\\boxed{``."""
+    start = text.find(_BOXED)
+    end = text.rfind("}", start + len(_BOXED)) if start >= 0 else -1
+    return (text[start + len(_BOXED) : end] if end >= 0 else text).strip()
 
 
 def _split_answer(text: str) -> tuple[str, str | None, list[str]]:
@@ -194,7 +205,7 @@ def _converted(value: Any, kind: str) -> Any:
         if text is not None:
             try:
                 value = json.loads(text)
-            except (json.JSONDecodeError, RecursionError):
+            except _JSON_ERRORS:
                 return _NO_FIT
         return value if isinstance(value, list if kind == "array" else dict) else _NO_FIT
     if kind == "null":
@@ -232,6 +243,28 @@ def _tag_example(tool: Tool) -> str:
     return f"<{tool.name}>{body}</{tool.name}>"
 
 
+class _ClosingTags:
+    """Where each ``</name>`` of a text is, found in one pass: the first one after a position, for
+    openings visited left to right. Searching the text again for every opening tag would be
+    quadratic on a turn of unclosed (or differently named) tags."""
+
+    def __init__(self, text: str, names: str):
+        self._positions: dict[str, list[int]] = {}
+        self._next: dict[str, int] = {}
+        for closing in re.finditer(rf"</({names})>", text):
+            self._positions.setdefault(closing.group(1), []).append(closing.start())
+
+    def first(self, name: str, position: int) -> int:
+        """The start of the first ``</name>`` at or after ``position`` (which never decreases
+        between calls for one name), or -1."""
+        positions = self._positions.get(name, [])
+        index = self._next.get(name, 0)
+        while index < len(positions) and positions[index] < position:
+            index += 1
+        self._next[name] = index
+        return positions[index] if index < len(positions) else -1
+
+
 @dataclass
 class TagParser:
     """ReSearch / Search-R1 tags; ``result_tag="information"`` gives Search-R1's wrapping."""
@@ -245,11 +278,13 @@ class TagParser:
         calls: list[ToolCall] = []
         # A known tool's name first at each position (names may hold any character), else any tag.
         names = "".join(re.escape(name) + "|" for name in sorted(tools, key=len, reverse=True))
-        opening_tag = re.compile(rf"<({names}[A-Za-z_][\w.-]*)>")
+        names += r"[A-Za-z_][\w.-]*"
+        opening_tag = re.compile(rf"<({names})>")
+        closing_tag = _ClosingTags(before, names)
         position = 0
         while (opening := opening_tag.search(before, position)) is not None:
             name = opening.group(1)
-            close = before.find(f"</{name}>", opening.end())
+            close = closing_tag.first(name, opening.end())
             position = opening.end()
             if name in tools:
                 if close < 0:
@@ -280,7 +315,7 @@ class TagParser:
                 return ToolCall(tool.name, None, f"<{tool.name}>: {error}")
         try:
             arguments = json.loads(content)
-        except (json.JSONDecodeError, RecursionError):
+        except _JSON_ERRORS:
             arguments = None
         if not isinstance(arguments, dict):
             return ToolCall(tool.name, None, f"<{tool.name}> takes a JSON object of its arguments, e.g. {_tag_example(tool)}")
@@ -357,7 +392,7 @@ class JsonParser:
     def _call(payload: str, tools: dict[str, Tool]) -> ToolCall:
         try:
             call = json.loads(payload)
-        except (json.JSONDecodeError, RecursionError) as error:
+        except _JSON_ERRORS as error:
             return ToolCall("?", None, f"invalid JSON in tool call: {error}")
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             return ToolCall("?", None, 'a tool call must be {"name": ..., "arguments": {...}}')
@@ -368,7 +403,7 @@ class JsonParser:
         if isinstance(arguments, str):  # some models double-encode the arguments
             try:
                 arguments = json.loads(arguments)
-            except json.JSONDecodeError as error:
+            except _JSON_ERRORS as error:
                 return ToolCall(name, None, f"invalid JSON in arguments: {error}")
         if not isinstance(arguments, dict):
             return ToolCall(name, None, "arguments must be a JSON object")

@@ -1,5 +1,7 @@
 """The calculator: arithmetic on a whitelisted AST, bounded, never eval."""
 
+import math
+
 import pytest
 
 from agentenv.tools import ToolError, calculator
@@ -24,7 +26,7 @@ from agentenv.tools.calculator import CalculatorLimits, evaluate
         ("log(100, 10)", "2"),
         ("exp(0)", "1"),
         ("114394 - 98765", "15629"),
-        ("1234567 / 89.5", "13794.04469"),
+        ("1234567 / 89.5", "13794.04469273743"),
     ],
 )
 def test_arithmetic(expression, result):
@@ -67,6 +69,45 @@ def test_refused_expressions_give_clear_errors(expression, message):
     with pytest.raises(ToolError, match=message.replace("(", r"\(").replace(")", r"\)")):
         evaluate(expression)
     assert calculator.run({"expression": expression}).ok is False
+
+
+@pytest.mark.parametrize(
+    ("expression", "result"),
+    [
+        # Integers and decimal literals are exact, and so is what + - * / // % and whole powers
+        # make of them: written in full, not rounded to a float's digits.
+        ("1411750001*1.5", "2117625001.5"),
+        ("12345678901.5", "12345678901.5"),
+        ("1e16+1", "10000000000000001"),
+        ("0.1 + 0.2", "0.3"),
+        ("10 ** 30 / 10 ** 10", "100000000000000000000"),
+        ("123456789012345678901234567890.5 - 1", "123456789012345678901234567889.5"),
+        ("2 ** -60", "0.000000000000000000867361737988403547205962240695953369140625"),
+        ("round(2.675, 2)", "2.68"),
+        ("7 % 2.5", "2"),
+        ("1_000.25 * 2", "2000.5"),
+        # Not a finite decimal, irrational, or too long to write out: the float, as repr writes it.
+        ("1 / 3", "0.3333333333333333"),
+        ("2 ** 0.5", "1.4142135623730951"),
+        ("exp(37)", "1.1719142372802612e+16"),
+        ("2 ** -500", "3.054936363499605e-151"),
+        # Exact powers whose fractions would pass the digit limit go on as floats.
+        ("(1/3) ** 1000000", "0"),
+        ("0.5 ** 1e10", "0"),
+        ("1e-999999999", "0"),
+    ],
+)
+def test_exact_results_are_written_exactly(expression, result):
+    assert evaluate(expression) == result
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [("1 / 7", 1 / 7), ("123456789 / 1000003", 123456789 / 1000003), ("sqrt(2) * 10 ** 20", math.sqrt(2) * 10**20),
+     ("pi", math.pi), ("log(3)", math.log(3))],
+)
+def test_a_float_result_reads_back_as_the_same_float(expression, value):
+    assert float(evaluate(expression)) == value
 
 
 def test_limits_are_configurable():

@@ -285,3 +285,215 @@ def test_registered_calculator_env(tokenizer):
     obs, reward, terminated, truncated, info = env.step(f"<answer>{answer}</answer>")
     assert terminated and reward == 1.0
     assert env.observation_space.contains(obs)
+
+
+# --- nothing a policy writes or a tool does breaks a batch ---------------------------------------
+
+HUGE_INTEGER = "1" * 4301  # past Python's int-string limit: json.loads raises ValueError
+NESTED = "[" * 1000 + "]" * 1000  # past the recursion limit: json.loads raises RecursionError
+
+
+def json_call(arguments: str) -> str:
+    return f'<tool_call>{{"name": "calculator", "arguments": {arguments}}}</tool_call>'
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        json_call(f'{{"expression": {HUGE_INTEGER}}}'),
+        json_call(f'"{NESTED}"'),  # double-encoded arguments
+        json_call(NESTED),
+    ],
+    ids=["huge-integer", "double-encoded-nesting", "nesting"],
+)
+def test_json_python_cannot_read_is_that_calls_error_and_the_batch_goes_on(tokenizer, action):
+    # Room for the whole action: a digit is a token.
+    envs = [ToolEnv([calculator], tokenizer=tokenizer, parser="json", max_turn_tokens=6000, max_total_tokens=8192)
+            for _ in range(3)]
+    for env in envs:
+        env.reset(options=QUESTION)
+    ok_call = json_call('{"expression": "6*7"}')
+    results = step_batch(envs, [ok_call, action, ok_call])
+    assert [r[4]["failed_tool_calls"] for r in results] == [0, 1, 0]
+    assert results[1][4]["turns"][-1]["calls"][0]["output"].startswith("Error: invalid JSON")
+    # Every environment finished its step: the next one works for all of them.
+    results = step_batch(envs, ["<answer>42</answer>"] * 3)
+    assert all(terminated for _, _, terminated, _, _ in results)
+
+
+def test_json_python_cannot_read_in_a_tag_call_is_that_calls_error(tokenizer):
+    def scale(value: float, factor: float) -> str:
+        """Multiply.
+
+        Args:
+            value: The number.
+            factor: By how much.
+        """
+        return str(value * factor)
+
+    envs = [ToolEnv([Tool.from_function(scale)], tokenizer=tokenizer, max_turn_tokens=6000, max_total_tokens=8192)
+            for _ in range(3)]
+    for env in envs:
+        env.reset(options=QUESTION)
+    actions = [f'<scale>{{"value": {HUGE_INTEGER}, "factor": 2}}</scale>',
+               f'<scale>{{"value": {NESTED}, "factor": 2}}</scale>',
+               '<scale>{"value": 21, "factor": 2}</scale>']
+    results = step_batch(envs, actions)
+    assert [r[4]["failed_tool_calls"] for r in results] == [1, 1, 0]
+    assert results[0][4]["turns"][-1]["calls"][0]["output"].startswith("Error: <scale> takes a JSON object")
+    results = step_batch(envs, ["<answer>42</answer>"] * 3)
+    assert all(terminated for _, _, terminated, _, _ in results)
+
+
+class _BrokenTool(Tool):
+    """A tool of one's own whose run_batch breaks the contract: it raises, is interrupted, or
+    miscounts."""
+
+    def __init__(self, name, mode):
+        def broken(query: str) -> str:
+            """Broken.
+
+            Args:
+                query: Anything.
+            """
+            return query
+
+        super().__init__(name, None, None, broken)
+        self.mode = mode
+
+    def run_batch(self, calls):
+        if self.mode == "raise":
+            raise KeyError("boom")
+        if self.mode == "interrupt":
+            raise KeyboardInterrupt
+        return []  # one output too few
+
+
+@pytest.mark.parametrize("mode", ["raise", "miscount"])
+def test_a_tool_that_breaks_fails_its_own_calls_and_every_env_finishes(tokenizer, mode):
+    broken = _BrokenTool("broken", mode)
+    envs = [ToolEnv([make_search(), broken], tokenizer=tokenizer) for _ in range(3)]
+    for env in envs:
+        env.reset(options=QUESTION)
+    results = step_batch(envs, ["<broken>x</broken>", "<search>Peru</search>", "<broken>y</broken>"])
+    assert [r[4]["failed_tool_calls"] for r in results] == [1, 0, 1]
+    assert "Error (broken): " in tokenizer.decode(results[0][0])
+    results = step_batch(envs, ["<answer>Lima</answer>"] * 3)
+    assert [r[4]["finish_reason"] for r in results] == ["answer"] * 3
+
+
+def test_an_interrupt_inside_a_tool_leaves_every_environment_as_it_was(tokenizer):
+    envs = [ToolEnv([make_search(), _BrokenTool("broken", "interrupt")], tokenizer=tokenizer) for _ in range(2)]
+    for env in envs:
+        env.reset(options=QUESTION)
+    before = [env.trajectory.token_ids for env in envs]
+    with pytest.raises(KeyboardInterrupt):
+        step_batch(envs, ["<search>Peru</search>", "<broken>x</broken>"])
+    assert [env.trajectory.token_ids for env in envs] == before
+    results = step_batch(envs, ["<answer>Lima</answer>"] * 2)
+    assert [r[4]["finish_reason"] for r in results] == ["answer"] * 2
+
+
+def test_a_parser_that_raises_makes_the_turn_a_failed_call(tokenizer):
+    class Exploding(type(agentenv.parsing.make_parser("tags"))):
+        def parse(self, text, tools):
+            if "boom" in text:
+                raise RecursionError("too deep")
+            return super().parse(text, tools)
+
+    env = ToolEnv([calculator], tokenizer=tokenizer, parser=Exploding())
+    env.reset(options=QUESTION)
+    obs, _, terminated, truncated, info = env.step("boom")
+    assert not (terminated or truncated) and info["failed_tool_calls"] == 1
+    assert "Error: the turn could not be parsed: RecursionError: too deep" in tokenizer.decode(obs)
+
+
+def test_a_bad_action_raises_before_any_environment_of_the_batch_changes(tokenizer):
+    envs = [ToolEnv([calculator], tokenizer=tokenizer) for _ in range(2)]
+    for env in envs:
+        env.reset(options=QUESTION)
+    before = [list(env.trajectory.token_ids) for env in envs]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        step_batch(envs, ["<calculator>1+1</calculator>", [len(tokenizer) + 5]])
+    assert [env.trajectory.token_ids for env in envs] == before
+    with pytest.raises(ValueError, match="appears twice"):
+        step_batch([envs[0], envs[0]], ["<answer>2</answer>"] * 2)
+    results = step_batch(envs, ["<calculator>1+1</calculator>", "<answer>2</answer>"])
+    assert results[0][4]["tool_calls"] == {"calculator": 1} and results[1][2]
+
+
+def test_every_env_finishes_its_step_when_one_reward_function_raises(tokenizer):
+    def failing_reward(outcome):
+        raise ZeroDivisionError("a bug in the reward")
+
+    good = ToolEnv([calculator], tokenizer=tokenizer)
+    bad = ToolEnv([calculator], tokenizer=tokenizer, reward=failing_reward)
+    for env in (bad, good):
+        env.reset(options=QUESTION)
+    with pytest.raises(ZeroDivisionError):
+        step_batch([bad, good], ["<answer>Lima</answer>", "<calculator>1+1</calculator>"])
+    # The good environment's step finished: it takes its next one.
+    *_, terminated, _, info = good.step("<answer>Lima</answer>")
+    assert terminated and info["tool_calls"] == {"calculator": 1}
+
+
+# --- the token budgets hold whatever the turn ------------------------------------------------------
+
+
+def long_search(words: int = 400):
+    def search(query: str) -> str:
+        """Search.
+
+        Args:
+            query: What to look for.
+        """
+        return f"{query}: " + " ".join(["Lima is the capital of Peru."] * (words // 6))
+
+    return Tool.from_function(search)
+
+
+def test_a_turn_of_many_calls_stays_within_the_observation_budget(tokenizer):
+    env = ToolEnv([long_search(), calculator], tokenizer=tokenizer, max_observation_tokens=500, max_turn_tokens=2048)
+    env.reset(options=QUESTION)
+    *_, info = env.step("<search>Peru</search>" * 49)
+    assert info["failed_tool_calls"] == 47
+    assert len(info["trajectory"].segments[-1].token_ids) <= 500
+
+
+def test_a_short_output_is_kept_whole_beside_a_long_one(tokenizer):
+    env = ToolEnv([long_search(2000), calculator], tokenizer=tokenizer, max_observation_tokens=300)
+    env.reset(options=QUESTION)
+    obs, *_, info = env.step("<search>Peru</search><calculator>6*7</calculator>")
+    tool_turn = tokenizer.decode(info["trajectory"].segments[-1].token_ids)
+    assert " …\n\n42\n</result>" in tool_turn
+    assert len(info["trajectory"].segments[-1].token_ids) <= 300
+
+
+def test_the_context_never_passes_max_total_tokens(tokenizer):
+    env = ToolEnv([long_search(2000)], tokenizer=tokenizer, max_total_tokens=1024, max_turns=10,
+                  max_observation_tokens=600)
+    obs, _ = env.reset(options=QUESTION)
+    lengths = []
+    for _ in range(10):
+        obs, _, terminated, truncated, info = env.step("<search>Peru</search>")
+        lengths.append(len(obs))
+        if terminated or truncated:
+            break
+    assert info["finish_reason"] == "max_tokens"
+    assert max(lengths) <= 1024 and lengths[-1] == 1024
+
+
+def test_an_action_longer_than_the_turn_budget_is_cut_and_info_says_so(tokenizer):
+    env = ToolEnv([calculator], tokenizer=tokenizer, max_turn_tokens=256)
+    env.reset(options=QUESTION)
+    action = tokenizer.encode(" word" * 3001, add_special_tokens=False)[:3001] + tokenizer.encode(
+        "<answer>Lima</answer>", add_special_tokens=False
+    )
+    logprobs = [-1.0] * len(action)
+    [(obs, _, terminated, _, info)] = step_batch([env], [action], [logprobs])
+    policy = info["trajectory"].segments[1]
+    assert list(policy.token_ids) == action[:256] and len(policy.logprobs) == 256
+    assert info["truncated_action_tokens"] == len(action) - 256
+    assert not terminated  # the answer came after the cut: the policy never wrote it
+    *_, info = env.step("<answer>Lima</answer>")
+    assert info["truncated_action_tokens"] == 0

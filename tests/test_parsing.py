@@ -1,9 +1,16 @@
 """Tool-call parsing: ReSearch/Search-R1 tags and chat-template JSON, including malformed turns."""
 
+import gc
+import time
+
 import pytest
 
 from agentenv.parsing import JsonParser, TagParser, ToolCall, make_parser, unwrap_answer
-from agentenv.tools import Tool, calculator
+from agentenv.tools import Tool, calculator, tool
+
+HUGE_INTEGER = "1" * 4301  # past Python's int-string limit: json.loads raises ValueError
+NESTED = "[" * 1000 + "]" * 1000  # past the recursion limit: json.loads raises RecursionError
+MIB = 2**20
 
 
 def _search(query: str) -> str:
@@ -16,6 +23,49 @@ def _search(query: str) -> str:
 
 
 TOOLS = {"search": Tool.from_function(_search, name="search"), "calculator": calculator}
+
+
+def assert_linear(parse, turn_of_size):
+    """A megabyte takes about four times as long as a quarter of one, where a quadratic parser
+    takes sixteen. A ratio and not a time limit, so that a slow machine passes it too. Measured in
+    this process's CPU time, the best of five runs, without the garbage collector (whose passes
+    depend on all the process holds), so that a busy machine does not disturb the ratio."""
+
+    def seconds(text: str) -> float:
+        timings = []
+        for _ in range(5):
+            gc.disable()
+            try:
+                start = time.process_time()
+                parse(text)
+                timings.append(time.process_time() - start)
+            finally:
+                gc.enable()
+        return min(timings)
+
+    ratio = seconds(turn_of_size(MIB)) / seconds(turn_of_size(MIB // 4))
+    assert ratio < 8, f"four times the text took {ratio:.1f} times as long"
+
+
+@tool
+def total(values: list) -> str:
+    """Add numbers up.
+
+    Args:
+        values: The numbers.
+    """
+    return str(sum(values))
+
+
+@tool
+def scale(value: float, factor: float) -> str:
+    """Multiply.
+
+    Args:
+        value: The number.
+        factor: By how much.
+    """
+    return str(value * factor)
 
 
 class TestTags:
@@ -78,6 +128,47 @@ class TestTags:
         assert self.parser.format_results(["a", "b"]) == "\n<result>\na\n\nb\n</result>\n"
         assert make_parser("search-r1").format_results(["a"]) == "\n<information>\na\n</information>\n"
 
+    @pytest.mark.parametrize(
+        "text",
+        [
+            f'<scale>{{"value": {HUGE_INTEGER}, "factor": 2}}</scale>',
+            f'<scale>{{"value": {NESTED}, "factor": 2}}</scale>',
+            f"<total>[{HUGE_INTEGER}]</total>",
+            f"<total>{NESTED}</total>",
+        ],
+        ids=["json-huge-integer", "json-nesting", "value-huge-integer", "value-nesting"],
+    )
+    def test_json_python_cannot_read_is_a_call_with_an_error(self, text):
+        [call] = self.parser.parse(text, {"scale": scale, "total": total}).tool_calls
+        assert call.arguments is None and call.error.startswith(f"<{call.name}>")
+
+    # Parsing is linear in the turn: a quadratic parser took half a minute on a megabyte of these.
+
+    def test_a_megabyte_of_unclosed_tags_parses_in_linear_time(self):
+        turn = self.parser.parse("<search>" * (MIB // 8), TOOLS)
+        assert len(turn.tool_calls) == MIB // 8
+        assert {call.error for call in turn.tool_calls} == {"unclosed <search> tag"}
+        assert_linear(lambda text: self.parser.parse(text, TOOLS), lambda size: "<search>" * (size // 8))
+
+    def test_a_megabyte_of_differently_named_unclosed_tags_parses_in_linear_time(self):
+        def turn_of_size(size: int) -> str:
+            return "".join(f"<t{i}>" for i in range(size // 8)) + "<search>Peru</search>"
+
+        assert self.parser.parse(turn_of_size(MIB), TOOLS).tool_calls == [ToolCall("search", {"query": "Peru"})]
+        assert_linear(lambda text: self.parser.parse(text, TOOLS), turn_of_size)
+
+    def test_a_megabyte_of_closed_unknown_tags_and_one_late_close(self):
+        text = "<x></x>" * (MIB // 7) + "<search>" * 1000 + "</search>"
+        calls = self.parser.parse(text, TOOLS).tool_calls
+        assert len(calls) == MIB // 7 + 1 and calls[-1] == ToolCall("search", {"query": "<search>" * 999})
+
+    def test_a_megabyte_of_unclosed_boxed_answers_parses_in_linear_time(self):
+        body = "\\boxed{" * (MIB // 7)
+        assert self.parser.parse(f"<answer>{body}</answer>", TOOLS).answer == body
+        assert self.parser.parse(f"<answer>{body}42}}</answer>", TOOLS).answer == body[7:] + "42"
+        assert_linear(lambda text: self.parser.parse(text, TOOLS),
+                      lambda size: "<answer>" + "\\boxed{" * (size // 7) + "</answer>")
+
     def test_instructions_name_every_tool(self):
         text = self.parser.instructions(TOOLS)
         assert "<search>query</search>" in text and "<calculator>expression</calculator>" in text
@@ -103,6 +194,10 @@ class TestJson:
             ('{"name": "browse", "arguments": {}}', "unknown tool 'browse'; available: search, calculator"),
             ('{"name": "search", "arguments": [1]}', "arguments must be a JSON object"),
             ('{"name": "search", "arguments": "{oops"}', "invalid JSON in arguments"),
+            (f'{{"name": "search", "arguments": {{"query": {HUGE_INTEGER}}}}}', "invalid JSON in tool call"),
+            (f'{{"name": "search", "arguments": {NESTED}}}', "invalid JSON in tool call"),
+            (f'{{"name": "search", "arguments": "{NESTED}"}}', "invalid JSON in arguments"),
+            (f'{{"name": "search", "arguments": "[{HUGE_INTEGER}]"}}', "invalid JSON in arguments"),
         ],
     )
     def test_malformed_calls_carry_an_error(self, payload, error):
@@ -124,6 +219,9 @@ class TestJson:
 def test_unwrap_answer():
     assert unwrap_answer("  \\boxed{42} ") == "42"
     assert unwrap_answer(" 42 ") == "42"
+    # From the first \boxed{ to the last } after it, so that nested braces stay in the answer.
+    assert unwrap_answer("\\boxed{\\frac{1}{2}} or \\boxed{3}") == "\\frac{1}{2}} or \\boxed{3"
+    assert unwrap_answer("} \\boxed{ 7 ") == "} \\boxed{ 7"
 
 
 def test_unknown_parser_name_is_a_clear_error():
