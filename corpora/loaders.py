@@ -17,8 +17,8 @@ by the keys of the first record), never from its name.
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,8 @@ FLASHRAG_QUESTION_KEYS = {"question", "golden_answers"}
 
 
 class DataFormatError(ValueError):
-    """A corpus or question file that is not in a supported format; says where and why."""
+    """A corpus or question file that is not in a supported format or cannot be read; says where
+    and why, in one line."""
 
     def __init__(self, path: str | Path, location: str, message: str):
         super().__init__(f"{path}, {location}: {message}")
@@ -74,6 +75,12 @@ def load_corpus(path: str | Path) -> Iterator[dict]:
     ``{"id", "contents"}`` whose contents are ``"Title"\\ntext``. Reads one line at a time, so
     wiki-scale files fit.
     """
+    for _, passage in located_passages(path):
+        yield passage
+
+
+def located_passages(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """``load_corpus``'s passages, each with where it is in the file (``"line 12"``)."""
     passage_format = None
     for location, record in _jsonl_records(path):
         if passage_format is None:
@@ -85,11 +92,11 @@ def load_corpus(path: str | Path) -> Iterator[dict]:
             )
         if passage_format == "ours":
             _require_keys(path, location, record, OUR_PASSAGE_KEYS)
-            yield {"id": str(record["id"]), "title": record.get("title") or "", "text": record["text"]}
+            yield location, {"id": str(record["id"]), "title": record.get("title") or "", "text": record["text"]}
         else:
             _require_keys(path, location, record, WIKI18_PASSAGE_KEYS)
             title, text = split_wiki18_contents(record["contents"])
-            yield {"id": str(record["id"]), "title": title, "text": text}
+            yield location, {"id": str(record["id"]), "title": title, "text": text}
 
 
 def split_wiki18_contents(contents: str) -> tuple[str, str]:
@@ -199,25 +206,49 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _jsonl_records(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """("line <n>", JSON object) for every non-blank line of a plain or gzipped JSONL file."""
+    """("line <n>", JSON object) for every non-blank line of a plain or gzipped JSONL file; a
+    damaged file raises DataFormatError at the line where the damage shows."""
     path = Path(path)
     with path.open("rb") as raw:
         is_gzip = raw.read(len(GZIP_MAGIC)) == GZIP_MAGIC
         raw.seek(0)
-        binary = gzip.GzipFile(fileobj=raw) if is_gzip else raw
-        for line_number, line in enumerate(io.TextIOWrapper(binary, encoding="utf-8"), start=1):
+        lines = iter(gzip.GzipFile(fileobj=raw) if is_gzip else raw)
+        line_number = 0
+        while True:
+            line_number += 1
+            location = f"line {line_number}"
+            line = _next_line(path, location, lines)
+            if line is None:
+                return
             if not line.strip():
                 continue
-            location = f"line {line_number}"
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                raise DataFormatError(
+                    path, location, f"not UTF-8 text (byte {line[error.start]:#04x} at column {error.start + 1})"
+                ) from None
+            except RecursionError:
+                raise DataFormatError(path, location, "JSON nested too deeply to be a record") from None
+            except ValueError as error:  # JSONDecodeError, or an integer of over 4300 digits
                 raise DataFormatError(path, location, f"not valid JSON ({error})") from None
             if not isinstance(record, dict):
                 raise DataFormatError(
                     path, location, f"expected a JSON object, got {type(record).__name__}"
                 )
             yield location, record
+
+
+def _next_line(path: Path, location: str, lines: Iterator[bytes]) -> bytes | None:
+    """The next line, None at the end; damage in the file's gzip stream is found as it is read."""
+    try:
+        return next(lines, None)
+    except EOFError:
+        raise DataFormatError(path, location, "the gzip data ends early: the file is truncated") from None
+    except (gzip.BadGzipFile, zlib.error) as error:
+        raise DataFormatError(path, location, f"damaged gzip data ({error}): the file is corrupt") from None
+    except OSError as error:
+        raise DataFormatError(path, location, f"cannot be read ({error})") from None
 
 
 def _pick_format(

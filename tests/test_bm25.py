@@ -400,6 +400,30 @@ def test_cli_info_on_a_missing_index_fails_with_a_message(tmp_path, capsys):
     assert "not a BM25 index" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("backend", "file", "damage", "command", "problem"),
+    [
+        ("rank_bm25", "offsets.npy", lambda data: b"", "search",
+         r"{index}: the rank_bm25 index is damaged and cannot be loaded \(.+\); rebuild it with `agentenv index build --overwrite`"),
+        ("tantivy", "meta.json", lambda data: data[: len(data) // 2], "search",
+         r"{index}: the tantivy index is damaged and cannot be loaded \(.+\); rebuild it with `agentenv index build --overwrite`"),
+        ("tantivy", "index.json", lambda data: b"[1]", "info",
+         r"{index}/index\.json: expected a JSON object, got list; the index is damaged"),
+    ],
+    ids=["empty offsets.npy", "truncated meta.json", "index.json a list"],
+)
+def test_cli_on_a_damaged_index_says_so_in_one_short_line(tmp_path, capsys, backend, file, damage, command, problem):
+    index_dir = tmp_path / "index"
+    BM25Index.build(PASSAGES, backend=backend, out_dir=index_dir, show_progress=False)
+    (index_dir / file).write_bytes(damage((index_dir / file).read_bytes()))
+    argv = ["search", "capital", "--index", str(index_dir)] if command == "search" else ["index", "info", str(index_dir)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 600, err
+    prefix = "agentenv search: error: " if command == "search" else "agentenv index info: error: "
+    assert re.fullmatch(problem.format(index=re.escape(str(index_dir))), err.removeprefix(prefix).rstrip("\n")), err
+
+
 def test_search_batch_works_in_a_forked_child_after_the_parent_used_its_threads(tmp_path):
     # Rollout and server workers may fork a process that holds a loaded index.
     passages, queries = encyclopedic_corpus(300, 12, seed=2)

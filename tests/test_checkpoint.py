@@ -20,6 +20,7 @@ import torch
 from agentenv.models import tiny_random_model
 from agentenv.trainers.algorithms.update import set_learning_rate
 from agentenv.trainers.loop.checkpoint import (
+    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -89,7 +90,7 @@ class _CreatesFile:
 def test_a_file_carrying_a_pickle_payload_is_refused_and_never_run(tmp_path, tokenizer, name):
     model = tiny_random_model(tokenizer)
     optimizer = _train_a_little(model)
-    path = save_checkpoint(tmp_path, 1, model, optimizer, {}, {})
+    path = save_checkpoint(tmp_path, 1, model, optimizer, {"cursor": 2, "phase": "grpo"}, {})
     marker = tmp_path / "the-payload-ran"
     torch.save({"state": [_CreatesFile(marker)]}, path / name)
 
@@ -110,7 +111,7 @@ def test_rng_state_from_before_plain_lists_still_loads(tmp_path, tokenizer):
     # Older checkpoints stored numpy's state as an ndarray; it rebuilds without running code.
     model = tiny_random_model(tokenizer)
     optimizer = _train_a_little(model)
-    path = save_checkpoint(tmp_path, 1, model, optimizer, {}, {})
+    path = save_checkpoint(tmp_path, 1, model, optimizer, {"cursor": 2, "phase": "grpo"}, {})
     torch.save(
         {
             "python": random.getstate(),
@@ -134,6 +135,18 @@ def test_keeps_the_last_k_and_ignores_half_written_folders(tmp_path, tokenizer):
     (tmp_path / "checkpoints" / ".tmp-step_000004-x").mkdir()
     (tmp_path / "checkpoints" / "step_000005").mkdir()
     assert latest_checkpoint(tmp_path).name == "step_000003"
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "rng.pt", "model/model.safetensors"])
+def test_a_truncated_file_is_one_line_naming_it(tmp_path, tokenizer, name):
+    model = tiny_random_model(tokenizer)
+    optimizer = _train_a_little(model)
+    path = save_checkpoint(tmp_path, 1, model, optimizer, {"cursor": 2, "phase": "grpo"}, {})
+    data = (path / name).read_bytes()
+    (path / name).write_bytes(data[: len(data) // 2])
+    fresh = tiny_random_model(tokenizer)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path / name))}: cannot be read \(.*\): the file is damaged$"):
+        load_checkpoint(path, fresh, torch.optim.AdamW(fresh.parameters(), lr=0.01))
 
 
 # --- a real run, killed and resumed -----------------------------------------------------------------

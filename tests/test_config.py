@@ -142,3 +142,79 @@ def test_the_goodhart_experiment_loads_once_its_reward_model_exists(tmp_path, to
     assert (verifier.reward.model_weight, verifier.reward.answer_weight) == (0.0, 1.0)  # watched, not optimised
     assert (learned.reward.model_weight, learned.reward.answer_weight) == (1.0, 0.0)  # the learned score alone
     assert learned.reward.search_cost_per_extra_call == 0.0
+
+
+# (--set, the whole error it gets): each of these trained before, NaN passing every comparison.
+OUT_OF_RANGE = [
+    ("optim.lr=.nan", r"optim\.lr: nan is not a finite number; it must be at least 0"),
+    ("optim.lr=nan", r"optim\.lr: nan is not a finite number; it must be at least 0"),
+    ("engine.temperature=.nan", r"engine\.temperature: nan is not a finite number; it must be at least 1e-06"),
+    ("engine.temperature=.inf", r"engine\.temperature: inf is not a finite number; it must be at least 1e-06"),
+    ("engine.top_p=.inf", r"engine\.top_p: inf is not a finite number; it must be in \(0, 1\]"),
+    ("engine.top_p=5", r"engine\.top_p: 5\.0 is too large; it must be in \(0, 1\]"),
+    ("optim.max_grad_norm=-1", r"optim\.max_grad_norm: -1\.0 is too small; it must be at least 0"),
+    ("optim.max_grad_norm=.nan", r"optim\.max_grad_norm: nan is not a finite number; it must be at least 0"),
+    ("optim.weight_decay=-5", r"optim\.weight_decay: -5\.0 is too small; it must be at least 0"),
+    ("optim.betas=[2, -1]", r"optim\.betas\[0\]: 2\.0 is too large; it must be in \[0, 1\)"),
+    ("lora.dropout=1.5", r"lora\.dropout: 1\.5 is too large; it must be in \[0, 1\)"),
+    ("optim.min_lr_ratio=-3", r"optim\.min_lr_ratio: -3\.0 is too small; it must be in \[0, 1\]"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), OUT_OF_RANGE, ids=[override for override, _ in OUT_OF_RANGE])
+def test_numbers_outside_their_range_name_the_key_and_the_range(tmp_path, override, message):
+    key, _, value = override.partition("=")
+    section, name = key.split(".")
+    path = tmp_path / "run.yaml"
+    path.write_text(f"{section}:\n  {name}: {value}\n")
+    for source, overrides in ((path, []), (None, [override])):
+        with pytest.raises(ConfigError, match=f"^{message}$"):
+            load_config(source, overrides)
+
+
+def alias_bomb(levels: int, width: int = 10) -> str:
+    """A config whose env.kwargs holds ``width ** levels`` values in a few hundred bytes: each
+    level is a list of ``width`` aliases of the level before."""
+    lines = ["env:", "  kwargs:", f"    l0: &l0 [{', '.join(['x'] * width)}]"]
+    for level in range(1, levels):
+        lines.append(f"    l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_config_whose_aliases_expand_past_the_limit_is_refused_before_it_is_built(tmp_path, capsys):
+    from agentenv.cli import main
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb(levels=7))  # ten million values in a few hundred bytes
+    assert len(path.read_bytes()) < 500
+    with pytest.raises(ConfigError, match=r"its aliases \(\*name\) expand it to more than 10,000 values"):
+        load_config(path)
+    assert main(["train", "--config", str(path), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"agentenv train: error: {path}: its aliases") and err.count("\n") == 1, err
+
+
+def test_aliases_within_the_limit_still_resolve(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim: {lr: &rate 0.5, min_lr_ratio: 0.1}\nengine: {top_p: *rate}\n" + alias_bomb(levels=3))
+    config = load_config(path)
+    assert config.engine.top_p == config.optim.lr == 0.5
+    assert len(config.env.kwargs["l2"]) == 10 and config.env.kwargs["l2"][9][9] == ["x"] * 10
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "optim:\n  lr: [" + ", ".join(["1.0"] * 9000) + "]\n",  # a long list where a number belongs
+        "env:\n  kwargs:\n    l: &l [" + ", ".join(["x"] * 90) + "]\noptim:\n  betas: [" + ", ".join(["*l"] * 90) + "]\n",
+        "mode: '" + "grpo" * 100_000 + "'\n",  # a long string where a choice belongs
+        "optim:\n  ? " + "lr" * 100_000 + "\n  : 1\n",  # a long unknown key
+    ],
+    ids=["list", "aliased-list", "string", "key"],
+)
+def test_an_error_quotes_a_large_value_briefly(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert len(str(error.value)) < 1000 and "\n" not in str(error.value), str(error.value)[:2000]

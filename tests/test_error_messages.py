@@ -1,11 +1,16 @@
 """A message, not a traceback: each mistake a user can make at the command line is answered with
 one line that says what was wrong and what to do; files in the README's shapes are accepted."""
 
+import gzip
 import json
+import os
+import re
+import shutil
 import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from agentenv.cli import main
 from agentenv.corpora import load_corpus, load_questions
@@ -126,6 +131,68 @@ def test_overwrite_never_deletes_a_folder_that_holds_no_index(tmp_path, capsys):
     assert (keep / "mine.txt").read_text() == "not an index"
 
 
+def error_after_progress(capsys, prefix):
+    """The one line that ends stderr when a build fails after its progress bar started."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    error = err.rstrip("\n").rpartition("\n")[2]
+    assert error.startswith(prefix) and err.endswith(error + "\n"), err
+    return error
+
+
+def _gzipped_corpus() -> bytes:
+    passages = [{"id": f"p{i}", "title": f"Place {i}", "text": f"Place {i} lies {i * 7 % 13} km from river {i % 5}."}
+                for i in range(2000)]
+    return gzip.compress("".join(json.dumps(passage) + "\n" for passage in passages).encode(), mtime=0)
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _bit_flipped(data: bytes) -> bytes:
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    return bytes(flipped)
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (_truncated, r"line \d+: the gzip data ends early: the file is truncated"),
+        # Where a flipped bit shows depends on the compressor's output: in the inflated text, or at its checksum.
+        (_bit_flipped, r"line \d+: (damaged gzip data \(.+\): the file is corrupt|not UTF-8 text .+|not valid JSON .+)"),
+    ],
+    ids=["truncated", "bit-flipped"],
+)
+def test_index_build_of_a_damaged_gzip_corpus_names_the_file_and_line(tmp_path, capsys, damage, problem):
+    corpus = tmp_path / "corpus.jsonl.gz"
+    corpus.write_bytes(damage(_gzipped_corpus()))
+    assert main(["index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "index")]) == 1
+    error = error_after_progress(capsys, f"agentenv index build: error: {corpus}, ")
+    assert re.fullmatch(problem, error.removeprefix(f"agentenv index build: error: {corpus}, ")), error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl.gz"]
+
+
+def test_index_build_of_a_line_nested_too_deeply_names_the_file_and_line(tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps(PASSAGES[0]) + "\n" + "[" * 200_000 + "]" * 200_000 + "\n")
+    assert main(["index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "index")]) == 1
+    assert error_after_progress(capsys, "agentenv index build: error: ") == (
+        f"agentenv index build: error: {corpus}, line 2: JSON nested too deeply to be a record"
+    )
+
+
+def test_index_build_refuses_passages_that_repeat_an_id(tmp_path, capsys):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [*PASSAGES, {**PASSAGES[0], "text": "Another text."}, PASSAGES[1]])
+    assert main(["index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "index")]) == 1
+    assert error_after_progress(capsys, "agentenv index build: error: ") == (
+        f"agentenv index build: error: {corpus}, line 3: passage id 'ouaga' was already used on line 1; ids must be "
+        "unique (passages that repeat an earlier id: 2): remove or renumber them"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]
+
+
 # --- one question format, titles optional --------------------------------------------------------------
 
 
@@ -147,3 +214,65 @@ def test_passages_without_titles_load_and_index_everywhere(tmp_path, capsys):
                                          {"id": "2", "title": "", "text": "Lima is in Peru."}]
     assert main(["index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "index")]) == 0
     assert "indexed 2 passages" in capsys.readouterr().out
+
+
+# --- agentenv train --resume ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", "--config", TINY_TEST, "--out", str(run), "--set", "max_steps=1"]) == 0
+    return run
+
+
+class _CreatesFile:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, as it could call anything."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _edit_state(checkpoint: Path, **fields) -> None:
+    state = json.loads((checkpoint / "state.json").read_text())
+    (checkpoint / "state.json").write_text(json.dumps({**state, **fields}))
+
+
+DAMAGED_CHECKPOINTS = {
+    "unsafe rng.pt": (
+        lambda checkpoint: torch.save({"python": _CreatesFile(checkpoint / "the-payload-ran")}, checkpoint / "rng.pt"),
+        r"rng\.pt: refused to load \(it asks for io\.open\)",
+    ),
+    "truncated state.json": (
+        lambda checkpoint: (checkpoint / "state.json").write_text((checkpoint / "state.json").read_text()[:20]),
+        r"state\.json: not valid JSON \(.+\): the file is damaged",
+    ),
+    "step a string": (
+        lambda checkpoint: _edit_state(checkpoint, step="1"),
+        r"state\.json: 'step' must be a whole number ≥ 0, got '1'",
+    ),
+    "cursor past the steps": (
+        lambda checkpoint: _edit_state(checkpoint, cursor=10**12),
+        r"state\.json: 'cursor' is 1000000000000, past what 1 step could have taken",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_CHECKPOINTS)
+def test_resume_from_a_refused_or_damaged_checkpoint_is_one_line_naming_the_file_and_field(
+    one_step_run, tmp_path, capsys, damage
+):
+    run = tmp_path / "run"
+    shutil.copytree(one_step_run, run)
+    checkpoint = run / "checkpoints" / "step_000001"
+    damage_checkpoint, problem = DAMAGED_CHECKPOINTS[damage]
+    damage_checkpoint(checkpoint)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--set", "max_steps=2"]) == 2
+    err = one_line_error(capsys, f"agentenv train: error: {checkpoint}{os.sep}")
+    assert re.search(problem, err), err
+    assert not (checkpoint / "the-payload-ran").exists()
+    assert not (checkpoint.parent / "step_000002").exists()

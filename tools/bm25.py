@@ -513,7 +513,14 @@ class BM25Index:
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
-        return cls(_BACKEND_CLASSES[manifest["backend"]].load(directory, prune), directory, threads=threads)
+        try:
+            backend = _BACKEND_CLASSES[manifest["backend"]].load(directory, prune)
+        except (ValueError, EOFError) as error:  # tantivy's and numpy's word for a damaged file
+            raise ValueError(
+                f"{directory}: the {manifest['backend']} index is damaged and cannot be loaded "
+                f"({_clipped(str(error))}); rebuild it with `agentenv index build --overwrite`"
+            ) from None
+        return cls(backend, directory, threads=threads)
 
     def save(self, directory: str | Path) -> None:
         """Copy the index into a new or empty directory (nothing to do if it already lives there)."""
@@ -579,6 +586,12 @@ class BM25Index:
         (self.directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def _clipped(message: str, limit: int = 300) -> str:
+    # tantivy quotes the damaged file's content in its errors.
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The ``index.json`` of an index directory, checked; raises ValueError naming the problem."""
     path = Path(directory) / MANIFEST
@@ -586,7 +599,15 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{directory} is not a BM25 index: {MANIFEST} is missing (build one with `agentenv index build`)"
         )
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(
+            f"{path}: not valid JSON ({_clipped(str(error))}); the index is damaged: rebuild it with "
+            "`agentenv index build --overwrite`"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}; the index is damaged")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: format_version {manifest.get('format_version')!r}; this agentenv reads {FORMAT_VERSION}"

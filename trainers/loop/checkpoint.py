@@ -18,7 +18,9 @@ checkpoints are kept.
 Loading runs no code from the folder, so a checkpoint someone shares is safe to resume or
 evaluate: weights are safetensors, the ``.pt`` files hold only tensors and plain Python values
 and load with ``torch.load(weights_only=True)`` (a file asking for anything else is refused with
-its name), and the rest is JSON and YAML read with ``safe_load``.
+its name), and the rest is JSON and YAML read with ``safe_load``. A file that is refused, damaged
+(truncated, not JSON) or holds values the loop never writes (``"step": "1"``, a cursor past what
+the steps could have taken) raises ``CheckpointError``: one line naming the file and the field.
 """
 
 from __future__ import annotations
@@ -37,7 +39,20 @@ import numpy as np
 import torch
 import yaml
 
+from agentenv.trainers.loop.config import ConfigError, brief
+
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(ConfigError, RuntimeError):
+    """A checkpoint file that cannot be used: refused as unsafe, damaged, or holding values the
+    loop never writes; one line naming the file and what is wrong. A ConfigError, so `agentenv
+    train --resume` prints it as one line; a RuntimeError, as a refused file always raised."""
+
+
+# No step takes more questions (or pairs) than this. The exact cursor depends on the run's config;
+# this bound only tells a cursor the loop wrote from a damaged or edited one.
+MAX_TAKEN_PER_STEP = 1_000_000
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -146,25 +161,72 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "state.json").read_text())
+    """The checkpoint's ``state.json``, checked: ``step`` (the folder's number), ``phase``, and each
+    cursor a whole number the steps so far could have reached; else CheckpointError naming the field."""
+    folder = Path(path)
+    file = folder / "state.json"
+    remedy = f"delete {folder} to resume from the checkpoint before it, if any"
+    try:
+        state = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{file}: not valid JSON ({error}): the file is damaged; {remedy}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(state).__name__}; {remedy}")
+
+    def refuse(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{file}: {field!r} {problem}; the file is damaged or was edited: {remedy}")
+
+    for field in ("step", "cursor", "phase"):
+        if field not in state:
+            raise refuse(field, "is missing")
+    step = state["step"]
+    if not _is_count(step):
+        raise refuse("step", f"must be a whole number ≥ 0, got {brief(step)}")
+    numbered = _STEP_DIR.match(folder.name)
+    if numbered and int(numbered.group(1)) != step:
+        raise refuse("step", f"is {step}, but the folder is checkpoint {int(numbered.group(1))}")
+    if not isinstance(state["phase"], str):
+        raise refuse("phase", f"must be a string, got {brief(state['phase'])}")
+    for field in ("cursor", "item_cursor", "pair_cursor"):
+        if field not in state:
+            continue
+        cursor = state[field]
+        if not _is_count(cursor):
+            raise refuse(field, f"must be a whole number ≥ 0, got {brief(cursor)}")
+        if cursor > step * MAX_TAKEN_PER_STEP:
+            steps = f"{step} step{'' if step == 1 else 's'}"
+            raise refuse(field, f"is {cursor}, past what {steps} could have taken (at most {MAX_TAKEN_PER_STEP:,} a step)")
+    return state
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file)
+    except SafetensorError as error:
+        raise CheckpointError(f"{file}: cannot be read ({error}): the file is damaged") from None
 
 
 def load_model_weights(path: str | Path, model: torch.nn.Module) -> None:
     """Load a checkpoint's adapter (LoRA) or full weights into ``model`` in place."""
-    from safetensors.torch import load_file
-
     folder = Path(path) / "model"
     if is_lora(model):
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(model, _load_safetensors(folder / "adapter_model.safetensors"))
         missing = [key for key in result.missing_keys if "lora_" in key]
         if missing:
-            raise RuntimeError(f"{folder}: the adapter lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
+            raise CheckpointError(f"{folder}: the adapter lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
         return
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(shard))
+        state.update(_load_safetensors(shard))
     if not state:
         raise FileNotFoundError(f"{folder}: no *.safetensors weights")
     result = model.load_state_dict(state, strict=False)
@@ -172,7 +234,7 @@ def load_model_weights(path: str | Path, model: torch.nn.Module) -> None:
     tied = {key for key, param in model.state_dict().items() if key not in state and _is_tied(model, key)}
     missing = [key for key in result.missing_keys if key not in tied]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"{folder}: weights do not fit the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        raise CheckpointError(f"{folder}: weights do not fit the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
 
 
 def _is_tied(model: torch.nn.Module, key: str) -> bool:
@@ -192,31 +254,39 @@ def load_checkpoint(
     another training phase); ``modules`` are restored from ``<name>.safetensors``. The learning
     rate needs no state of its own: the loop computes it from the step.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     # Every file is read before anything is restored: a refused file leaves the model untouched.
+    state = read_state(path)
     module_states = {}
     for name in modules or {}:
         if not (path / f"{name}.safetensors").is_file():
             raise FileNotFoundError(f"{path / f'{name}.safetensors'} is missing: the checkpoint has no {name}")
-        module_states[name] = load_file(path / f"{name}.safetensors")
+        module_states[name] = _load_safetensors(path / f"{name}.safetensors")
     optimizer_state = load_tensors(path / "optimizer.pt") if optimizer is not None else None
     rng = load_tensors(path / "rng.pt", allowed=_NUMPY_ARRAY_GLOBALS)
+    if not isinstance(rng, dict) or not {"python", "numpy", "torch"} <= rng.keys():
+        raise CheckpointError(f"{path / 'rng.pt'}: holds no python, numpy and torch random states")
     load_model_weights(path, model)
     for name, module in (modules or {}).items():
         module.load_state_dict(module_states[name])
     if optimizer is not None:
-        optimizer.load_state_dict(optimizer_state)
-    set_rng_state(rng)
-    return read_state(path)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{path / 'optimizer.pt'}: does not fit this optimizer ({error})") from None
+    try:
+        set_rng_state(rng)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path / 'rng.pt'}: not random states agentenv saved ({error})") from None
+    return state
 
 
 def load_tensors(file: str | Path, allowed: Sequence[Any] = ()) -> Any:
     """``torch.load(file, weights_only=True)``: tensors and plain Python values, no code run.
 
     ``allowed`` names further classes or functions the file may use. A file that asks for
-    anything else raises RuntimeError naming the file and what it asked for.
+    anything else raises CheckpointError naming the file and what it asked for; so does a file
+    that is not a whole torch file (truncated, damaged).
     """
     try:
         with torch.serialization.safe_globals(list(allowed)):
@@ -224,11 +294,21 @@ def load_tensors(file: str | Path, allowed: Sequence[Any] = ()) -> Any:
     except pickle.UnpicklingError as error:
         asked = re.search(r"GLOBAL (\S+)|but got (<[^>]*>)", str(error))
         detail = f" (it asks for {asked.group(1) or asked.group(2)})" if asked else ""
-        raise RuntimeError(
+        raise CheckpointError(
             f"{file}: refused to load{detail}: it holds more than tensors and plain Python values, "
             "and loading it could run code from the file. agentenv writes only those; this file "
             "was made elsewhere or altered. Do not load it unless you trust where it came from."
         ) from None
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, ValueError, OSError) as error:  # torch's words for a truncated or damaged file
+        raise CheckpointError(f"{file}: cannot be read ({_first_sentence(error)}): the file is damaged") from None
+
+
+def _first_sentence(error: Exception) -> str:
+    # torch follows the cause with a paragraph of advice.
+    text = " ".join(str(error).split())
+    return text.split(". ")[0][:200]
 
 
 # --- the KL reference of a run ----------------------------------------------------------------------
@@ -248,12 +328,10 @@ def save_reference(run_dir: Path, model: torch.nn.Module, reference: torch.nn.Mo
 
 
 def load_reference(run_dir: Path, reference: torch.nn.Module) -> None:
-    from safetensors.torch import load_file
-
     path = run_dir / "reference.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: this run's KL reference (the policy after SFT) cannot be restored")
-    reference.load_state_dict(load_file(path), strict=False)
+    reference.load_state_dict(_load_safetensors(path), strict=False)
 
 
 def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
+import reprlib
 import types
 import typing
 from collections.abc import Sequence
@@ -186,23 +188,57 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "reward.model_normalize": ("none", "group", "batch"),
 }
 
-# Numbers that must be at least this.
-MINIMUM: dict[str, float] = {
-    "max_steps": 0,
-    "engine.temperature": 1e-6,
-    "engine.top_p": 1e-6,
-    "engine.workers": 0,
-    "engine.worker_num_cpus": 0,
-    "engine.worker_num_gpus": 0,
-    "engine.worker_restarts": 0,
-    "lora.r": 1,
-    "optim.lr": 0,
-    "optim.warmup_steps": 0,
-    "logging.transcripts_per_step": 0,
-    "eval.every": 0,
-    "eval.batch_size": 1,
-    "checkpoint.every": 1,
-    "checkpoint.keep_last": 1,
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a key allows; an open end leaves its bound out."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high == math.inf:
+            return f"above {low}" if self.low_open else f"at least {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+# The numbers a key allows (a list's range holds for each item; null, where allowed, is not
+# checked). Every number of the config, listed or not, must be finite: NaN passes every
+# comparison a range makes, and one NaN learning rate or temperature turns the weights to NaN.
+RANGES: dict[str, Range] = {
+    "max_steps": Range(0),
+    "engine.temperature": Range(1e-6),  # logits are divided by it
+    "engine.top_p": Range(0, 1, low_open=True),
+    "engine.workers": Range(0),
+    "engine.worker_num_cpus": Range(0),
+    "engine.worker_num_gpus": Range(0),
+    "engine.worker_restarts": Range(0),
+    "lora.r": Range(1),
+    "lora.dropout": Range(0, 1, high_open=True),
+    "optim.lr": Range(0),
+    "optim.weight_decay": Range(0),
+    "optim.betas": Range(0, 1, high_open=True),  # Adam's running averages diverge at 1 and above
+    # A negative norm would flip the gradient's sign when clipping; 0 (or null) does not clip.
+    "optim.max_grad_norm": Range(0),
+    "optim.warmup_steps": Range(0),
+    "optim.min_lr_ratio": Range(0, 1),
+    "logging.transcripts_per_step": Range(0),
+    "eval.every": Range(0),
+    "eval.batch_size": Range(1),
+    "checkpoint.every": Range(1),
+    "checkpoint.keep_last": Range(1),
 }
 
 
@@ -232,7 +268,7 @@ _UNSET = object()
 
 
 def _shown(value: Any) -> str:
-    return "(unset)" if value is _UNSET else repr(value)
+    return "(unset)" if value is _UNSET else brief(value)
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -263,11 +299,7 @@ def read_config_data(path: str | Path | None, overrides: Sequence[str] = ()) -> 
     every typed config (training, reward model) builds itself from this."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        data = load_yaml(Path(path).read_text(), str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     for override in overrides:
@@ -279,20 +311,93 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     """Set ``a.b=c`` in the nested dict ``data``; ``c`` is parsed as a YAML scalar."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value (e.g. grpo.group_size=8), got {override!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {key}: cannot parse {raw!r} as a YAML value: {error}") from error
+        raise ConfigError(f"--set expects key=value (e.g. grpo.group_size=8), got {brief(override)}")
+    value = load_yaml(raw, f"--set {key.strip()[:MAX_QUOTED_CHARS]}") if raw.strip() else None
     parts = key.strip().split(".")
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             where = ".".join(parts[: depth + 1])
-            raise ConfigError(f"--set {key}: {where} is a value ({child!r}), not a section")
+            raise ConfigError(f"--set {key}: {where} is a value ({brief(child)}), not a section")
         node = child
     node[parts[-1]] = value
+
+
+# A training config holds a few hundred values (the shipped ones at most 205), but a YAML alias
+# (*name) stands for the whole value it names: six levels of ten aliases in a 355-byte file stand
+# for millions, and everything after the parser (the typed config, --print-config, error
+# messages) walks them one by one. 10 000 values resolve and print in well under a second.
+MAX_YAML_VALUES = 10_000
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)``, or a one-line ConfigError that starts with ``source``: for text that
+    is not YAML, nests too deep, holds an alias inside the value it names, or stands for more than
+    ``MAX_YAML_VALUES`` values once its aliases are expanded. Measured before anything is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, source)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = error.problem or error.context
+        raise ConfigError(f"{source}{where}: not valid YAML: {problem}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from error
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expanded_size(root: yaml.Node, source: str) -> None:
+    # An alias is the node it names, shared: each distinct node is sized once, so a file that
+    # stands for billions of values is measured in as many steps as it has nodes.
+    sizes: dict[int, int | None] = {}  # None: being sized, an ancestor of the node at hand
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] is None:
+                raise ConfigError(f"{source}: an alias (*name) is used inside the value it names, which never ends")
+            return sizes[id(node)]
+        sizes[id(node)] = None
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_VALUES:
+                raise ConfigError(
+                    f"{source}: its aliases (*name) expand it to more than {MAX_YAML_VALUES:,} values; "
+                    "a config holds a few hundred"
+                )
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
+# Errors quote the values they refuse: a value may be a list of a hundred thousand items.
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxdict, _BRIEF.maxset = 3, 8, 8, 8, 8
+_BRIEF.maxstring = _BRIEF.maxlong = _BRIEF.maxother = 160
+MAX_QUOTED_CHARS = 300
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to at most ``MAX_QUOTED_CHARS`` characters, in time that does not grow
+    with the value's size (a string keeps its start, where a path or a name shows)."""
+    text = _BRIEF.repr(value) if not isinstance(value, str) else repr(value[:MAX_QUOTED_CHARS])
+    return text if len(text) <= MAX_QUOTED_CHARS else text[: MAX_QUOTED_CHARS - 3] + "..."
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -309,15 +414,12 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def validate(config: TrainConfig) -> None:
-    """Check choices, minimums and each section's own rules; raise ``ConfigError`` naming the key."""
+    """Check choices, numbers and each section's own rules; raise ``ConfigError`` naming the key."""
     for key, allowed in CHOICES.items():
         value = _get(config, key)
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(allowed)}")
-    for key, minimum in MINIMUM.items():
-        value = _get(config, key)
-        if value < minimum:
-            raise ConfigError(f"{key}: {value!r} is too small; it must be at least {minimum}")
+            raise ConfigError(f"{key}: {brief(value)} is not allowed; choose one of {list(allowed)}")
+    check_numbers(config, RANGES)
     if config.engine.workers > 0 and importlib.util.find_spec("ray") is None:
         raise ConfigError(
             f"engine.workers: {config.engine.workers} needs Ray, which is not installed: "
@@ -361,8 +463,40 @@ def validate(config: TrainConfig) -> None:
 
         if reward_model_folder(config.reward.model) is None:
             raise ConfigError(
-                f"reward.model: {config.reward.model!r} holds no reward_model.json (train one with `agentenv rm train`)"
+                f"reward.model: {brief(config.reward.model)} holds no reward_model.json (train one with `agentenv rm train`)"
             )
+
+
+def check_numbers(config: Any, ranges: dict[str, Range], prefix: str = "") -> None:
+    """Every number of the dataclass ``config`` (its sections, lists and number mappings too) is
+    finite, and each in ``ranges`` (keys without ``prefix``) within its range; else a ConfigError
+    naming the key and the range."""
+    hints = typing.get_type_hints(type(config))
+    for field_ in dataclasses.fields(config):
+        key, value = f"{prefix}{field_.name}", getattr(config, field_.name)
+        if dataclasses.is_dataclass(value):
+            check_numbers(value, ranges, f"{key}.")
+        elif isinstance(value, tuple | list):
+            for i, item in enumerate(value):
+                _check_number(f"{key}[{i}]", item, ranges.get(key))
+        elif isinstance(value, dict):
+            # Free-form mappings (env.kwargs) belong to whatever reads them; only typed numbers are ours.
+            if typing.get_args(hints[field_.name])[1:] == (float,):
+                for name, item in value.items():
+                    _check_number(f"{key}.{name}", item, None)
+        else:
+            _check_number(key, value, ranges.get(key))
+
+
+def _check_number(key: str, value: Any, bounds: Range | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if not math.isfinite(value):
+        allowed = f"; it must be {bounds}" if bounds is not None else ""
+        raise ConfigError(f"{key}: {value!r} is not a finite number{allowed}")
+    if bounds is not None and value not in bounds:
+        side = "too large" if value >= bounds.high else "too small"
+        raise ConfigError(f"{key}: {value!r} is {side}; it must be {bounds}")
 
 
 def _get(config: Any, key: str) -> Any:
@@ -375,7 +509,7 @@ def _build(cls: type, data: Any, prefix: str):
     """A ``cls`` instance from a mapping, checking keys and value types."""
     where = prefix.rstrip(".") or "the config"
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{where}: expected a mapping of keys, got {brief(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -383,7 +517,8 @@ def _build(cls: type, data: Any, prefix: str):
         if key not in fields:
             suggestion = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{prefix}{suggestion[0]}'?" if suggestion else ""
-            raise ConfigError(f"unknown key '{prefix}{key}'{hint} (keys of {where}: {', '.join(fields)})")
+            unknown = f"{prefix}{key}"[:MAX_QUOTED_CHARS]
+            raise ConfigError(f"unknown key '{unknown}'{hint} (keys of {where}: {', '.join(fields)})")
         kwargs[key] = _convert(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
 
@@ -432,7 +567,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             return dict(value)
     else:
         raise TypeError(f"config field {key} has an unsupported type {annotation!r}")
-    raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {brief(value)}")
 
 
 def _type_name(annotation: Any) -> str:
