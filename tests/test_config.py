@@ -194,6 +194,15 @@ def test_a_config_whose_aliases_expand_past_the_limit_is_refused_before_it_is_bu
     assert err.startswith(f"agentenv train: error: {path}: its aliases") and err.count("\n") == 1, err
 
 
+def test_an_experiment_config_whose_aliases_expand_past_the_limit_is_refused(tmp_path):
+    from agentenv.trainers.evaluation.experiment import load_experiment
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text("base: configs/cpu-smollm2.yaml\nruns:\n" + alias_bomb(levels=7).replace("env:\n", "  bomb:\n", 1))
+    with pytest.raises(ConfigError, match=r"its aliases \(\*name\) expand it to more than 10,000 values"):
+        load_experiment(path)
+
+
 def test_aliases_within_the_limit_still_resolve(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("optim: {lr: &rate 0.5, min_lr_ratio: 0.1}\nengine: {top_p: *rate}\n" + alias_bomb(levels=3))

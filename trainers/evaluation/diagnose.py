@@ -33,8 +33,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
@@ -267,8 +265,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agentenv.trainers.loop.config import load_yaml
+
+    config_path = args.run / "config.yaml"
     try:
         records = read_episodes(args.run)
+        config = load_yaml(config_path.read_text(), str(config_path)) if config_path.is_file() else {}
     except (FileNotFoundError, ValueError) as error:
         print(f"agentenv diagnose: {error}", file=sys.stderr)
         return 2
@@ -277,8 +279,6 @@ def run(args: argparse.Namespace) -> int:
         if not records:
             print(f"agentenv diagnose: no episodes from step {args.from_step} on", file=sys.stderr)
             return 2
-    config_path = args.run / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     report = diagnose(records, config)
     configured = ((config.get(config.get("mode", "grpo")) or {}).get("loss_agg")) or "token-mean"
     if configured not in AGGREGATIONS:

@@ -37,9 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from agentenv.trainers.loop.config import ConfigError, load_config, training_changes
+from agentenv.trainers.loop.config import ConfigError, load_config, load_yaml, training_changes
 
 MODES = ("agent", "rag", "closed-book")
 STAGES = ("train", "eval", "report")
@@ -84,10 +82,7 @@ EVAL_SETTINGS = ("max_turns", "max_turn_tokens", "max_total_tokens", "max_observ
 def load_experiment(path: str | Path, out: str | None = None) -> Experiment:
     """Read and check an experiment config; errors name the key."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    data = load_yaml(path.read_text(), str(path)) or {}
     unknown = set(data) - {"out", "base", "runs", "rows", "evals", "reference", "eval_settings"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
