@@ -156,6 +156,18 @@ def diagnose(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str,
             for aggregation in AGGREGATIONS
         }
         report["classes"][cls] = entry
+    # The sum over classes is what the shared weights see: a tool pushed up on the questions that
+    # need it and down on the others moves by the difference.
+    report["push_by_tool"] = {
+        tool: {
+            aggregation: {
+                "with": sum(r[f"push/{aggregation}"] for r in records if r["tool_calls"].get(tool, 0)),
+                "episodes_with": sum(bool(r["tool_calls"].get(tool, 0)) for r in records),
+            }
+            for aggregation in AGGREGATIONS
+        }
+        for tool in tools
+    }
     report["push_by_length"] = push_by_length(records)
     return report
 
@@ -248,6 +260,12 @@ def format_report(report: dict[str, Any], configured: str) -> str:
         pushes = " | ".join(_f(entry["push"][a]["all"], True) for a in AGGREGATIONS)
         with_tool = " | ".join(_f(entry["push"][configured][f"with {t}"], True) for t in tools)
         lines.append(f"| {cls} | {entry['groups']} | {_f(entry['informative_groups'])} | {pushes} | {with_tool} |")
+    lines += ["", "## The push on episodes that called each tool, all classes together", "",
+              "| tool | episodes with it | " + " | ".join(AGGREGATIONS) + " |",
+              "|---|---:|" + "---:|" * len(AGGREGATIONS)]
+    for tool, by_aggregation in report["push_by_tool"].items():
+        count = by_aggregation[AGGREGATIONS[0]]["episodes_with"]
+        lines.append(f"| {tool} | {count} | " + " | ".join(_f(by_aggregation[a]["with"], True) for a in AGGREGATIONS) + " |")
     lines += ["", "## The push by episode length (quartiles of policy tokens)", "",
               "| policy tokens | episodes | mean advantage | " + " | ".join(AGGREGATIONS) + " |",
               "|---|---:|---:|" + "---:|" * len(AGGREGATIONS)]
