@@ -11,7 +11,15 @@ back into title and text. ``GET /health`` reports the backend and the passage co
 
 Any trainer that speaks this protocol can use our index, and our :class:`RetrieverClient` can use
 theirs (an e5 + FAISS server on wiki-18, say). Bad requests get a 4xx answer with
-``{"error": message}``.
+``{"error": message}``, and their connection is closed after it (``Connection: close``): what
+follows a request the server refused may have been framed otherwise than the client meant, so
+none of it is read as a request. A body is framed by one ``Content-Length`` of digits alone, and
+a ``Transfer-Encoding`` is refused (with a ``Content-Length`` beside it, 400: the body could be
+read two ways); a body sent with a GET is read and dropped. Every malformed body (not JSON, nested
+too deeply, a number of over 4300 digits) is answered 400, never with a dropped connection, which
+a client would take for a lost connection and resend. A request asks for at most ``MAX_HITS``
+passages (queries × topk), and an answer weighs at most :func:`max_response_bytes`. A search that
+fails, a Rust panic inside tantivy included, is answered 500 naming the error.
 
 Each connection is served by a thread of its own (tantivy releases the GIL while it searches, so
 connections are served in parallel), within two limits that keep stalled or flooding clients from
@@ -62,8 +70,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOPK = 3  # Search-R1's retrieval_server.py default (--topk 3)
 MAX_TOPK = 100
 MAX_QUERIES = 256
+# Passages one request may ask for, queries × topk: 256 queries at topk 16, or 40 at topk 100.
+MAX_HITS = 4096
 MAX_QUERY_CHARS = 1000
 MAX_BODY_BYTES = 1 << 20
+# What an answer may weigh: 4 MiB a query (three passages of a megabyte, or MAX_TOPK of 40 KB; a
+# wiki-18 passage is under 1 KB), and 16 MiB in all whatever the batch (MAX_HITS passages of 4 KB),
+# which bounds the memory one answer takes: parsed, its JSON takes some ten times its bytes.
+# RetrieverClient holds every server to the same limits.
+MAX_RESPONSE_BYTES_PER_QUERY = 4 << 20
+MAX_RESPONSE_BYTES = 16 << 20
 # An oversized body is read and dropped up to this size, so the client gets to read the 413
 # instead of a reset connection; anything bigger is cut off.
 MAX_DISCARDED_BYTES = 16 << 20
@@ -73,10 +89,11 @@ DEFAULT_READ_TIMEOUT_S = 10.0
 # loop starts threads, and each connection past it waits for a SYN retransmit (1 s, then 3 s...):
 # 600 connections took 99 s to open beside 200 stalled ones, with 5.
 LISTEN_BACKLOG = 1024
-# A connection answered 503 is closed this long after the answer, so the request it sends
-# meanwhile does not turn the close into a reset that loses the 503 before the client reads it;
-# at most MAX_LINGERING wait at once, the oldest closed first (each holds a file descriptor).
-REFUSED_LINGER_S = 1.0
+# A connection answered 503, or closed after a 4xx answer, is closed up to this long after the
+# answer, reading and dropping what the client still sends: closing a socket with unread bytes
+# sends a reset, which can lose the answer before the client reads it. At most MAX_LINGERING
+# connections answered 503 wait at once, the oldest closed first (each holds a file descriptor).
+CLOSE_LINGER_S = 1.0
 MAX_LINGERING = 128
 
 
@@ -88,6 +105,19 @@ class BadRequest(Exception):
         self.status = status
 
 
+def max_response_bytes(num_queries: int) -> int:
+    """The most an answer for ``num_queries`` queries may weigh, in bytes."""
+    return min(MAX_RESPONSE_BYTES, max(1, num_queries) * MAX_RESPONSE_BYTES_PER_QUERY)
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: a scalar's repr, cut short, or a container's type."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        text = repr(value)
+        return text if len(text) <= 50 else text[:50] + "…"
+    return f"a {type(value).__name__}"
+
+
 def parse_retrieve_request(body: bytes) -> tuple[list[str], int, bool]:
     """Check a ``/retrieve`` body; return (queries, topk, return_scores) or raise BadRequest.
 
@@ -95,7 +125,9 @@ def parse_retrieve_request(body: bytes) -> tuple[list[str], int, bool]:
     """
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:  # deeper than Python's JSON parser goes
+        raise BadRequest(HTTPStatus.BAD_REQUEST, "body is nested too deeply to read as JSON") from None
+    except ValueError as error:  # not JSON, not UTF-8, or an integer of over 4300 digits
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {error}") from None
     if not isinstance(payload, dict):
         raise BadRequest(
@@ -137,12 +169,20 @@ def parse_retrieve_request(body: bytes) -> tuple[list[str], int, bool]:
     topk = DEFAULT_TOPK if topk is None else topk
     if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= MAX_TOPK:
         raise BadRequest(
-            HTTPStatus.BAD_REQUEST, f"'topk' must be an integer from 1 to {MAX_TOPK}, got {topk!r}"
+            HTTPStatus.BAD_REQUEST,
+            f"'topk' must be an integer from 1 to {MAX_TOPK}, got {_shown(topk)}",
+        )
+    if len(queries) * topk > MAX_HITS:
+        raise BadRequest(
+            HTTPStatus.BAD_REQUEST,
+            f"{len(queries)} queries at topk {topk} ask for {len(queries) * topk} passages; "
+            f"the limit is {MAX_HITS} (queries × topk) in one request",
         )
     return_scores = payload.get("return_scores", False)
     if not isinstance(return_scores, bool):
         raise BadRequest(
-            HTTPStatus.BAD_REQUEST, f"'return_scores' must be true or false, got {return_scores!r}"
+            HTTPStatus.BAD_REQUEST,
+            f"'return_scores' must be true or false, got {_shown(return_scores)}",
         )
     return queries, topk, return_scores
 
@@ -204,6 +244,7 @@ class _RetrieverHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.timeout = self.server.read_timeout_s  # the stdlib sets it on the socket: for writes
+        self._linger = False
         super().setup()
         self.rfile.close()  # reads go through the request's deadline instead
         self._reader = _DeadlineReader(self.connection, self.server.read_timeout_s)
@@ -217,68 +258,123 @@ class _RetrieverHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
-        if path == "/health":
-            index = self.server.index
-            self._send_json(
-                HTTPStatus.OK, {"status": "ok", "backend": index.backend, "passages": len(index)}
-            )
-        elif path == "/retrieve":
-            self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST for /retrieve"})
-        else:
-            self._send_json(
-                HTTPStatus.NOT_FOUND,
-                {"error": f"no such path {path!r}; use POST /retrieve or GET /health"},
-            )
+        try:
+            self._read_body(required=False)  # a body sent with a GET is no request of its own
+            if path == "/retrieve":
+                raise BadRequest(HTTPStatus.METHOD_NOT_ALLOWED, "use POST for /retrieve")
+            if path != "/health":
+                raise BadRequest(
+                    HTTPStatus.NOT_FOUND, f"no such path {path!r}; use POST /retrieve or GET /health"
+                )
+        except BadRequest as error:
+            self._refuse(error)
+            return
+        index = self.server.index
+        self._send_json(
+            HTTPStatus.OK, {"status": "ok", "backend": index.backend, "passages": len(index)}
+        )
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
         try:
+            body = self._read_body(required=True)  # read first: the connection stays in step
             if path != "/retrieve":
-                self._read_body()  # keep the connection in step before answering
                 status = (
                     HTTPStatus.METHOD_NOT_ALLOWED if path == "/health" else HTTPStatus.NOT_FOUND
                 )
                 raise BadRequest(
                     status, f"no POST endpoint {path!r}; use POST /retrieve or GET /health"
                 )
-            queries, topk, return_scores = parse_retrieve_request(self._read_body())
+            queries, topk, return_scores = parse_retrieve_request(body)
         except BadRequest as error:
-            self._send_json(error.status, {"error": str(error)})
+            self._refuse(error)
             return
         try:
             results = self.server.index.search_batch(queries, topk)
         except Exception as error:  # noqa: BLE001 - answer 500 and keep serving
-            logger.exception("search failed for %d queries", len(queries))
-            self._send_json(
-                HTTPStatus.INTERNAL_SERVER_ERROR,
-                {"error": f"search failed: {type(error).__name__}: {error}"},
+            self._search_failed(queries, error)
+            return
+        except BaseException as error:
+            # A Rust panic inside tantivy reaches Python as pyo3's PanicException, which derives
+            # from BaseException (so that `except Exception` lets it through): one query's panic
+            # is that request's 500, not the end of the thread and a dropped connection.
+            if type(error).__name__ != "PanicException":
+                raise
+            self._search_failed(queries, error)
+            return
+        answer = _encode(retrieve_response(results, return_scores))
+        limit = max_response_bytes(len(queries))
+        if len(answer) > limit:
+            self._refuse(
+                BadRequest(
+                    HTTPStatus.BAD_REQUEST,
+                    f"the answer would be {len(answer)} bytes; the limit for {len(queries)} "
+                    f"queries is {limit}: ask for fewer queries or a smaller topk",
+                )
             )
             return
-        self._send_json(HTTPStatus.OK, retrieve_response(results, return_scores))
+        self._send(HTTPStatus.OK, answer)
 
-    def _read_body(self) -> bytes:
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            self.close_connection = True  # a chunked body we will not read is still on the wire
-            raise BadRequest(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
-        try:
-            length = int(length_header)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"invalid Content-Length {length_header!r}")
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._discard(min(length, MAX_DISCARDED_BYTES))
+    def _search_failed(self, queries: list[str], error: BaseException) -> None:
+        logger.error("search failed for %d queries", len(queries), exc_info=error)
+        self._send_json(
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            {"error": f"search failed: {type(error).__name__}: {str(error)[:500]}"},
+        )
+
+    def _read_body(self, required: bool) -> bytes:
+        """The request's body, framed by its one Content-Length; raises BadRequest.
+
+        Framing that could be read two ways is refused: a proxy in front of the server might read
+        it the other way, and take what the server reads as a body for a request of its own.
+        """
+        lengths = self.headers.get_all("Content-Length") or []
+        encodings = self.headers.get_all("Transfer-Encoding") or []
+        if len(lengths) > 1:
+            raise BadRequest(
+                HTTPStatus.BAD_REQUEST,
+                f"several Content-Length headers ({_shown(', '.join(lengths))}); send one",
+            )
+        if encodings and lengths:
+            raise BadRequest(
+                HTTPStatus.BAD_REQUEST,
+                "both Transfer-Encoding and Content-Length: the body could be read either way; "
+                "send Content-Length alone",
+            )
+        if encodings:
+            encoding = ", ".join(encodings)
+            if encoding.strip().lower() != "chunked":
+                raise BadRequest(
+                    HTTPStatus.BAD_REQUEST,
+                    f"Transfer-Encoding {_shown(encoding)} is not supported; send the body with "
+                    "Content-Length",
+                )
+            raise BadRequest(
+                HTTPStatus.LENGTH_REQUIRED,
+                "a Content-Length header is required (chunked bodies are not read)",
+            )
+        if not lengths:
+            if required:
+                raise BadRequest(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
+            return b""
+        length_header = lengths[0].strip()
+        # Digits alone: int() would also take "+18", "1_8", " 18" and non-ASCII digits.
+        if not (length_header.isascii() and length_header.isdigit()):
+            raise BadRequest(
+                HTTPStatus.BAD_REQUEST, f"invalid Content-Length {_shown(length_header)}"
+            )
+        # More than 18 digits is over any limit (and int() refuses over 4300).
+        length = int(length_header) if len(length_header) <= 18 else None
+        if length is None or length > MAX_BODY_BYTES:
+            self._discard(MAX_DISCARDED_BYTES if length is None else min(length, MAX_DISCARDED_BYTES))
+            size = f"{length} bytes" if length is not None else "over 10^18 bytes"
             raise BadRequest(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"body is {length} bytes; the limit is {MAX_BODY_BYTES}",
+                f"body is {size}; the limit is {MAX_BODY_BYTES}",
             )
         try:
             return self.rfile.read(length)
         except TimeoutError:
-            self.close_connection = True
             raise BadRequest(
                 HTTPStatus.REQUEST_TIMEOUT,
                 f"the {length}-byte body did not arrive within {self.server.read_timeout_s:g} s "
@@ -286,14 +382,25 @@ class _RetrieverHandler(BaseHTTPRequestHandler):
             ) from None
 
     def _discard(self, length: int) -> None:
-        while length > 0:
-            chunk = self.rfile.read(min(length, 1 << 16))
-            if not chunk:
-                return
-            length -= len(chunk)
+        try:
+            while length > 0:
+                chunk = self.rfile.read(min(length, 1 << 16))
+                if not chunk:
+                    return
+                length -= len(chunk)
+        except TimeoutError:
+            pass  # answered all the same; the connection is closed after it
+
+    def _refuse(self, error: BadRequest) -> None:
+        """Answer a refused request, and close its connection once the answer is out."""
+        self.close_connection = True
+        self._linger = True
+        self._send_json(error.status, {"error": str(error)})
 
     def _send_json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self._send(status, _encode(payload))
+
+    def _send(self, status: HTTPStatus, body: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -301,6 +408,11 @@ class _RetrieverHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+
+    def finish(self) -> None:
+        super().finish()
+        if self._linger:
+            _drain_before_close(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         logger.debug("%s " + format, self.address_string(), *args)
@@ -370,7 +482,7 @@ class RetrieverServer(ThreadingHTTPServer):
         except OSError:
             connection.close()
             return
-        self._lingering.append((time.monotonic() + REFUSED_LINGER_S, connection))
+        self._lingering.append((time.monotonic() + CLOSE_LINGER_S, connection))
         while len(self._lingering) > MAX_LINGERING:
             _close_refused(self._lingering.popleft()[1])
 
@@ -391,6 +503,28 @@ class RetrieverServer(ThreadingHTTPServer):
             logger.debug("connection from %s dropped: %s", client_address, sys.exception())
         else:
             logger.exception("error while serving %s", client_address)
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+
+
+def _drain_before_close(connection: socket.socket) -> None:
+    """End the answer (FIN), then read and drop what the client still sends, until it closes its
+    end, for CLOSE_LINGER_S and MAX_DISCARDED_BYTES at most: a close with unread bytes would send
+    a reset that can lose the answer before the client reads it."""
+    try:
+        connection.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + CLOSE_LINGER_S
+        left = MAX_DISCARDED_BYTES
+        while left > 0 and (left_s := deadline - time.monotonic()) > 0:
+            connection.settimeout(left_s)
+            chunk = connection.recv(min(left, 1 << 16))
+            if not chunk:
+                return
+            left -= len(chunk)
+    except OSError:  # TimeoutError included: the client kept its end open
+        pass
 
 
 def _busy_answer(max_connections: int) -> bytes:
