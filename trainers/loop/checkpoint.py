@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import yaml
 
-from agentenv.trainers.loop.config import ConfigError, brief
+from agentenv.trainers.loop.errors import ConfigError, brief
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 

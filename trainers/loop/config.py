@@ -14,7 +14,6 @@ import dataclasses
 import difflib
 import importlib.util
 import math
-import reprlib
 import types
 import typing
 from collections.abc import Sequence
@@ -34,11 +33,8 @@ from agentenv.trainers.algorithms.ppo import PPOConfig
 from agentenv.trainers.algorithms.rft import KEEP_RULES, RFTConfig
 from agentenv.trainers.algorithms.rloo import RLOOConfig
 from agentenv.trainers.algorithms.sft import SFTConfig
+from agentenv.trainers.loop.errors import MAX_QUOTED_CHARS, ConfigError, brief
 from agentenv.trainers.rollout.engines import ENGINE_KINDS
-
-
-class ConfigError(ValueError):
-    """A config value or key that cannot be used; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -384,20 +380,6 @@ def _check_expanded_size(root: yaml.Node, source: str) -> None:
         return total
 
     size(root)
-
-
-# Errors quote the values they refuse: a value may be a list of a hundred thousand items.
-_BRIEF = reprlib.Repr()
-_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxdict, _BRIEF.maxset = 3, 8, 8, 8, 8
-_BRIEF.maxstring = _BRIEF.maxlong = _BRIEF.maxother = 160
-MAX_QUOTED_CHARS = 300
-
-
-def brief(value: Any) -> str:
-    """``repr(value)`` cut to at most ``MAX_QUOTED_CHARS`` characters, in time that does not grow
-    with the value's size (a string keeps its start, where a path or a name shows)."""
-    text = _BRIEF.repr(value) if not isinstance(value, str) else repr(value[:MAX_QUOTED_CHARS])
-    return text if len(text) <= MAX_QUOTED_CHARS else text[: MAX_QUOTED_CHARS - 3] + "..."
 
 
 def to_dict(config: Any) -> dict[str, Any]:
