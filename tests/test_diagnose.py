@@ -54,6 +54,10 @@ def test_the_report_pairs_tool_users_with_skippers_and_weighs_the_push_by_length
     # Summed over classes: the single-hop group carries nothing, so the total is the calculator class's.
     assert report["push_by_tool"]["calculator"]["token-mean"]["with"] == pytest.approx(18 / 40.5)
     assert report["push_by_tool"]["calculator"]["token-mean"]["episodes_with"] == 2
+    assert report["by_step"] == [{
+        "step": 1, "groups": {"calculator": 1, "single-hop": 1},
+        "push with calculator": pytest.approx(18 / 40.5), "push with search": pytest.approx(13.5 / 40.5),
+    }]
     by_length = report["push_by_length"]
     assert sum(b["episodes"] for b in by_length) == len(records)
 

@@ -15,7 +15,9 @@ question class, the questions that tell why:
   weights — token-mean: A_i·L_i/Σ_j L_j, seq-mean-token-mean: A_i/N, seq-mean-token-sum-norm:
   A_i·L_i/(L_max·N) — summed by class, by tool use and by length quartile, each step's
   coefficients scaled to Σ|c| = 1. A negative sum on tool-using episodes is a push away from the
-  tool; a sum that falls with length is a push towards shorter episodes.
+  tool; a sum that falls with length is a push towards shorter episodes. Summed over classes, it
+  is what the shared weights see; step by step, beside the classes each step's batch held, it shows
+  whether a tool's fate is decided by the few steps that hold a question needing it.
 
 The advantages are recomputed from the logged rewards with the run's own settings (group mean,
 divided by the group std where ``scale_advantages_by_std``; RLOO's leave-one-out mean), and groups
@@ -169,7 +171,32 @@ def diagnose(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str,
         for tool in tools
     }
     report["push_by_length"] = push_by_length(records)
+    report["by_step"] = by_step(records, tools, classes, configured_aggregation(config))
     return report
+
+
+def configured_aggregation(config: dict[str, Any]) -> str:
+    configured = (config.get(config.get("mode", "grpo")) or {}).get("loss_agg") or "token-mean"
+    return configured if configured in AGGREGATIONS else "token-mean"
+
+
+def by_step(records: Sequence[dict[str, Any]], tools: Sequence[str], classes: Sequence[str], aggregation: str) -> list[dict[str, Any]]:
+    """Per step: the groups of each class it held and the push (under ``aggregation``) on the
+    episodes that called each tool. A step whose batch holds no question that needs a tool can
+    only push against its misuse."""
+    steps: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        steps[record["step"]].append(record)
+    rows = []
+    for step, of_step in sorted(steps.items()):
+        groups = {(r["class"] or "all", r["group"]) for r in of_step}
+        rows.append({
+            "step": step,
+            "groups": {cls: sum(1 for c, _ in groups if c == cls) for cls in classes},
+            **{f"push with {tool}": sum(r[f"push/{aggregation}"] for r in of_step if r["tool_calls"].get(tool, 0))
+               for tool in tools},
+        })
+    return rows
 
 
 def tool_use(groups: Iterable[list[dict[str, Any]]], tool: str) -> dict[str, Any]:
@@ -266,6 +293,14 @@ def format_report(report: dict[str, Any], configured: str) -> str:
     for tool, by_aggregation in report["push_by_tool"].items():
         count = by_aggregation[AGGREGATIONS[0]]["episodes_with"]
         lines.append(f"| {tool} | {count} | " + " | ".join(_f(by_aggregation[a]["with"], True) for a in AGGREGATIONS) + " |")
+    classes = list(report["classes"])
+    lines += ["", f"## Step by step: groups of each class, and the push ({configured}) on each tool's episodes", "",
+              "| step | " + " | ".join(f"{c} groups" for c in classes) + " | "
+              + " | ".join(f"push with {t}" for t in tools) + " |",
+              "|---:|" + "---:|" * (len(classes) + len(tools))]
+    for row in report["by_step"]:
+        lines.append(f"| {row['step']} | " + " | ".join(str(row["groups"][c]) for c in classes) + " | "
+                     + " | ".join(_f(row[f"push with {t}"], True) for t in tools) + " |")
     lines += ["", "## The push by episode length (quartiles of policy tokens)", "",
               "| policy tokens | episodes | mean advantage | " + " | ".join(AGGREGATIONS) + " |",
               "|---|---:|---:|" + "---:|" * len(AGGREGATIONS)]
@@ -298,10 +333,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"agentenv diagnose: no episodes from step {args.from_step} on", file=sys.stderr)
             return 2
     report = diagnose(records, config)
-    configured = ((config.get(config.get("mode", "grpo")) or {}).get("loss_agg")) or "token-mean"
-    if configured not in AGGREGATIONS:
-        configured = "token-mean"
-    print(format_report(report, configured))
+    print(format_report(report, configured_aggregation(config)))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
