@@ -91,6 +91,15 @@ def test_logging_checkpoint_cadence_and_max_steps_may_change():
         "env.kwargs.max_turns: 2 -> 3", "seed: 0 -> 1"]
 
 
+def test_the_sections_of_objectives_a_run_does_not_use_may_change():
+    sft_run = load_config(TINY_TEST, ["mode=sft"])
+    assert training_changes(sft_run, load_config(TINY_TEST, ["mode=sft", "grpo.oversample=2", "dpo.beta=0.5"])) == []
+    grpo_run = load_config(TINY_TEST)
+    assert training_changes(grpo_run, load_config(TINY_TEST, ["grpo.oversample=2", "dpo.beta=0.5"])) == [
+        "grpo.oversample: 1.0 -> 2.0"]
+    assert training_changes(grpo_run, load_config(TINY_TEST, ["sft.lr=0.5"]))[0].startswith("sft.lr:")
+
+
 def test_max_steps_shapes_a_cosine_schedule_so_it_may_not_change_there():
     saved = load_config(TINY_TEST, ["optim.schedule=cosine"])
     assert training_changes(saved, load_config(TINY_TEST, ["optim.schedule=cosine", "max_steps=30"])) == [
