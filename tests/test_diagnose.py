@@ -55,11 +55,23 @@ def test_the_report_pairs_tool_users_with_skippers_and_weighs_the_push_by_length
     assert report["push_by_tool"]["calculator"]["token-mean"]["with"] == pytest.approx(18 / 40.5)
     assert report["push_by_tool"]["calculator"]["token-mean"]["episodes_with"] == 2
     assert report["by_step"] == [{
-        "step": 1, "groups": {"calculator": 1, "single-hop": 1},
+        "step": 1, "trained_groups": {"calculator": 1, "single-hop": 0},
         "push with calculator": pytest.approx(18 / 40.5), "push with search": pytest.approx(13.5 / 40.5),
     }]
     by_length = report["push_by_length"]
     assert sum(b["episodes"] for b in by_length) == len(records)
+
+
+def test_dynamic_sampling_trains_only_the_first_b_groups_whose_rewards_differ():
+    records = [
+        _episode(1, 0, 0.1, 0, 10), _episode(1, 0, 0.1, 0, 10),  # all equal: never trained
+        _episode(1, 1, 1.0, 1, 10), _episode(1, 1, 0.1, 0, 10),  # the first informative group
+        _episode(1, 2, 1.0, 1, 10), _episode(1, 2, 0.1, 0, 10),  # past B = 1: rolled out, not trained
+    ]
+    config = {"mode": "grpo", "grpo": {"questions_per_step": 1, "oversample": 2}}
+    report = diagnose(records, config)
+    assert [r["advantage"] != 0 for r in records] == [False, False, True, True, False, False]
+    assert report["by_step"][0]["trained_groups"] == {"calculator": 1}
 
 
 def test_diagnose_says_what_is_missing(tmp_path, capsys):

@@ -21,7 +21,8 @@ question class, the questions that tell why:
 
 The advantages are recomputed from the logged rewards with the run's own settings (group mean,
 divided by the group std where ``scale_advantages_by_std``; RLOO's leave-one-out mean), and groups
-with all-equal rewards carry none, as in the update.
+with all-equal rewards carry none, as in the update; under dynamic sampling (``oversample`` > 1)
+only the first B groups whose rewards differ are trained, and the rest carry none either.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def annotate(records: list[dict[str, Any]], config: dict[str, Any]) -> list[dict
     scale = bool(section.get("scale_advantages_by_std", mode == "grpo"))
     kwargs = (config.get("env") or {}).get("kwargs") or {}
     max_tokens = int(section.get("max_response_tokens") or kwargs.get("max_total_tokens") or 1536)
+    oversample = float(section.get("oversample") or 1.0)
+    questions_per_step = int(section.get("questions_per_step") or 0)
     by_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_step[record["step"]].append(record)
@@ -99,8 +102,15 @@ def annotate(records: list[dict[str, Any]], config: dict[str, Any]) -> list[dict
         groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         for record in step_records:
             groups[record["group"]].append(record)
+        trained = 0
         for members in groups.values():
-            for record, advantage in zip(members, advantages([m["reward"] for m in members], mode, scale), strict=True):
+            group_advantages = advantages([m["reward"] for m in members], mode, scale)
+            # Dynamic sampling trains the first B groups whose rewards differ, in rollout order.
+            if any(group_advantages):
+                trained += 1
+                if oversample > 1 and trained > questions_per_step:
+                    group_advantages = [0.0] * len(members)
+            for record, advantage in zip(members, group_advantages, strict=True):
                 record["advantage"] = advantage
         for aggregation in AGGREGATIONS:
             pushes = coefficients(step_records, aggregation, max_tokens)
@@ -181,7 +191,7 @@ def configured_aggregation(config: dict[str, Any]) -> str:
 
 
 def by_step(records: Sequence[dict[str, Any]], tools: Sequence[str], classes: Sequence[str], aggregation: str) -> list[dict[str, Any]]:
-    """Per step: the groups of each class it held and the push (under ``aggregation``) on the
+    """Per step: the groups of each class it trained on and the push (under ``aggregation``) on the
     episodes that called each tool. A step whose batch holds no question that needs a tool can
     only push against its misuse."""
     steps: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -189,10 +199,10 @@ def by_step(records: Sequence[dict[str, Any]], tools: Sequence[str], classes: Se
         steps[record["step"]].append(record)
     rows = []
     for step, of_step in sorted(steps.items()):
-        groups = {(r["class"] or "all", r["group"]) for r in of_step}
+        trained = {(r["class"] or "all", r["group"]) for r in of_step if r["advantage"] != 0.0}
         rows.append({
             "step": step,
-            "groups": {cls: sum(1 for c, _ in groups if c == cls) for cls in classes},
+            "trained_groups": {cls: sum(1 for c, _ in trained if c == cls) for cls in classes},
             **{f"push with {tool}": sum(r[f"push/{aggregation}"] for r in of_step if r["tool_calls"].get(tool, 0))
                for tool in tools},
         })
@@ -294,12 +304,12 @@ def format_report(report: dict[str, Any], configured: str) -> str:
         count = by_aggregation[AGGREGATIONS[0]]["episodes_with"]
         lines.append(f"| {tool} | {count} | " + " | ".join(_f(by_aggregation[a]["with"], True) for a in AGGREGATIONS) + " |")
     classes = list(report["classes"])
-    lines += ["", f"## Step by step: groups of each class, and the push ({configured}) on each tool's episodes", "",
+    lines += ["", f"## Step by step: trained groups of each class, and the push ({configured}) on each tool's episodes", "",
               "| step | " + " | ".join(f"{c} groups" for c in classes) + " | "
               + " | ".join(f"push with {t}" for t in tools) + " |",
               "|---:|" + "---:|" * (len(classes) + len(tools))]
     for row in report["by_step"]:
-        lines.append(f"| {row['step']} | " + " | ".join(str(row["groups"][c]) for c in classes) + " | "
+        lines.append(f"| {row['step']} | " + " | ".join(str(row["trained_groups"][c]) for c in classes) + " | "
                      + " | ".join(_f(row[f"push with {t}"], True) for t in tools) + " |")
     lines += ["", "## The push by episode length (quartiles of policy tokens)", "",
               "| policy tokens | episodes | mean advantage | " + " | ".join(AGGREGATIONS) + " |",
