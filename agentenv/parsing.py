@@ -45,9 +45,39 @@ ANSWER_TAG = "answer"
 # Tags a policy may write that are not calls: reasoning, as ReSearch and Search-R1 prompt it.
 NOT_CALL_TAGS = ("think", "reasoning")
 _BOXED = "\\boxed{"
-# What ``json.loads`` raises on text it cannot read: a JSONDecodeError (a ValueError), a ValueError
-# for an integer past Python's int-string limit, a RecursionError for nesting past the stack.
+# What ``load_json`` raises on text it cannot read: a JSONDecodeError (a ValueError), a ValueError
+# for an integer past Python's int-string limit or nesting past MAX_JSON_DEPTH, and a RecursionError
+# should the stack still run out.
 _JSON_ERRORS = (ValueError, RecursionError)
+# No tool's arguments nest this deep. Bounded here, not by the interpreter's recursion limit, which
+# other libraries raise at run time (torch's compiler sets it to 2000), so that the same text is
+# refused in every process.
+MAX_JSON_DEPTH = 64
+_JSON_STRUCTURE = re.compile(r'["\\\[\]{}]')
+
+
+def load_json(text: str) -> Any:
+    """``json.loads(text)``, refusing arrays and objects nested deeper than ``MAX_JSON_DEPTH``."""
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        depth, in_string, escaped_at = 0, False, -1
+        for match in _JSON_STRUCTURE.finditer(text):
+            char = match.group()
+            if in_string:
+                if match.start() == escaped_at:  # the character after a backslash
+                    continue
+                if char == "\\":
+                    escaped_at = match.end()
+                elif char == '"':
+                    in_string = False
+            elif char == '"':
+                in_string = True
+            elif char in "[{":
+                depth += 1
+                if depth > MAX_JSON_DEPTH:
+                    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            elif char in "]}":
+                depth -= 1
+    return json.loads(text)
 
 
 @dataclass(frozen=True)
@@ -204,7 +234,7 @@ def _converted(value: Any, kind: str) -> Any:
     if kind in ("array", "object"):
         if text is not None:
             try:
-                value = json.loads(text)
+                value = load_json(text)
             except _JSON_ERRORS:
                 return _NO_FIT
         return value if isinstance(value, list if kind == "array" else dict) else _NO_FIT
@@ -314,7 +344,7 @@ class TagParser:
             except ValueError as error:
                 return ToolCall(tool.name, None, f"<{tool.name}>: {error}")
         try:
-            arguments = json.loads(content)
+            arguments = load_json(content)
         except _JSON_ERRORS:
             arguments = None
         if not isinstance(arguments, dict):
@@ -391,7 +421,7 @@ class JsonParser:
     @staticmethod
     def _call(payload: str, tools: dict[str, Tool]) -> ToolCall:
         try:
-            call = json.loads(payload)
+            call = load_json(payload)
         except _JSON_ERRORS as error:
             return ToolCall("?", None, f"invalid JSON in tool call: {error}")
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
@@ -402,7 +432,7 @@ class JsonParser:
         arguments = call.get("arguments", {})
         if isinstance(arguments, str):  # some models double-encode the arguments
             try:
-                arguments = json.loads(arguments)
+                arguments = load_json(arguments)
             except _JSON_ERRORS as error:
                 return ToolCall(name, None, f"invalid JSON in arguments: {error}")
         if not isinstance(arguments, dict):

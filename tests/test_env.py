@@ -290,7 +290,7 @@ def test_registered_calculator_env(tokenizer):
 # --- nothing a policy writes or a tool does breaks a batch ---------------------------------------
 
 HUGE_INTEGER = "1" * 4301  # past Python's int-string limit: json.loads raises ValueError
-NESTED = "[" * 1000 + "]" * 1000  # past the recursion limit: json.loads raises RecursionError
+NESTED = "[" * 1000 + "]" * 1000  # past the parser's MAX_JSON_DEPTH (and the default recursion limit)
 
 
 def json_call(arguments: str) -> str:

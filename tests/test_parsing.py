@@ -1,15 +1,25 @@
 """Tool-call parsing: ReSearch/Search-R1 tags and chat-template JSON, including malformed turns."""
 
 import gc
+import json
+import sys
 import time
 
 import pytest
 
-from agentenv.parsing import JsonParser, TagParser, ToolCall, make_parser, unwrap_answer
+from agentenv.parsing import (
+    MAX_JSON_DEPTH,
+    JsonParser,
+    TagParser,
+    ToolCall,
+    load_json,
+    make_parser,
+    unwrap_answer,
+)
 from agentenv.tools import Tool, calculator, tool
 
 HUGE_INTEGER = "1" * 4301  # past Python's int-string limit: json.loads raises ValueError
-NESTED = "[" * 1000 + "]" * 1000  # past the recursion limit: json.loads raises RecursionError
+NESTED = "[" * 1000 + "]" * 1000  # past MAX_JSON_DEPTH (and the default recursion limit)
 MIB = 2**20
 
 
@@ -227,3 +237,23 @@ def test_unwrap_answer():
 def test_unknown_parser_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown parser 'xml'"):
         make_parser("xml")
+
+
+def test_json_nesting_is_bounded_whatever_the_recursion_limit():
+    # torch's compiler raises the interpreter's limit to 2000 once anything compiles: the bound
+    # must not move with it.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        with pytest.raises(ValueError, match="nested deeper than"):
+            load_json(NESTED)
+        turn = JsonParser().parse(f'<tool_call>{{"name": "search", "arguments": {NESTED}}}</tool_call>', TOOLS)
+        assert "nested deeper than" in turn.tool_calls[0].error
+    finally:
+        sys.setrecursionlimit(limit)
+    deepest = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert load_json(deepest) == json.loads(deepest)
+    # Brackets, quotes and backslashes inside strings are text, not structure.
+    text = json.dumps({"q": '"[[[\\' + "[" * 100, "deep": json.loads("[" * 60 + "]" * 60)})
+    assert load_json(text) == json.loads(text)
+
