@@ -121,3 +121,18 @@ def test_eval_env_kwargs_reach_the_environment_and_a_typo_is_named(user_module, 
     assert last_line == "agentenv eval: error: --env-kwargs: my/WordLength-v0 does not take 'max_turnz'; did you mean 'max_turns'?"
 
 
+
+
+def test_eval_env_kwargs_are_read_as_set_values_are():
+    import argparse
+
+    from agentenv.trainers.evaluation.evaluate import EvalError, env_kwargs_of
+
+    levels = ["l0: &l0 [" + ", ".join(["x"] * 10) + "]"]
+    levels += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 7)]
+    bomb = "{" + ", ".join(levels) + "}"  # ten million values in a few hundred characters
+    with pytest.raises(EvalError, match=r"^--env-kwargs: its aliases \(\*name\) expand it to more than 10,000 values"):
+        env_kwargs_of(argparse.Namespace(env_kwargs=bomb, env="my/WordLength-v0"))
+    with pytest.raises(EvalError, match=r"^--env-kwargs, line 1, column \d+: not valid YAML"):
+        env_kwargs_of(argparse.Namespace(env_kwargs="{max_turns: [}", env="my/WordLength-v0"))
+    assert env_kwargs_of(argparse.Namespace(env_kwargs="{max_turns: 2}", env="my/WordLength-v0")) == {"max_turns": 2}

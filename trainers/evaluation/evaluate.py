@@ -431,19 +431,20 @@ def modes_of(args: argparse.Namespace, run_spec: Any = None) -> list[str]:
 
 
 def env_kwargs_of(args: argparse.Namespace) -> dict[str, Any]:
-    """``--env-kwargs`` as a dict (a YAML/JSON mapping on the command line, a dict from Python)."""
-    import yaml
+    """``--env-kwargs`` as a dict (a YAML/JSON mapping on the command line, a dict from Python),
+    read as ``--set`` values are: YAML whose aliases expand past the limit is refused."""
+    from agentenv.trainers.loop.config import ConfigError, brief, load_yaml
 
     value = args.env_kwargs
     if value is None:
         return {}
     if isinstance(value, str):
         try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as error:
-            raise EvalError(f"--env-kwargs: not valid YAML: {' '.join(str(error).split())}") from None
+            value = load_yaml(value, "--env-kwargs")
+        except ConfigError as error:
+            raise EvalError(str(error)) from None
     if not isinstance(value, dict):
-        raise EvalError(f"--env-kwargs: expected a mapping such as '{{max_turns: 2}}', got {value!r}")
+        raise EvalError(f"--env-kwargs: expected a mapping such as '{{max_turns: 2}}', got {brief(value)}")
     if not args.env:
         raise EvalError("--env-kwargs goes with --env")
     return value
