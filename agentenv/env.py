@@ -53,6 +53,11 @@ class _Turn:
     # Tokens cut from the end of an action longer than the turn's budget (``max_new_tokens``).
     truncated_tokens: int = 0
     runnable: list[ToolCall] = field(default_factory=list)
+    # The turn ran into its token budget: cut by the environment, or stopped by the engine at the
+    # budget without reaching a stop string (its text may end mid-word).
+    cut: bool = False
+    # The tool turn after it was shortened to fit max_observation_tokens or the room left.
+    observation_cut: bool = False
     # {"tool", "arguments", "ok", "unavailable", "output"} per call the policy wrote: what the
     # failed-call counts and process rewards are read from.
     calls: list[dict[str, Any]] = field(default_factory=list)
@@ -114,7 +119,10 @@ class ToolEnv(gym.Env):
             ``failed_tool_calls``, ``num_turns``, ``turns`` (per policy turn, its ``calls``: tool,
             arguments, ok, unavailable, output — what process rewards judge), ``answer``, ``format_valid``,
             ``finish_reason`` (None while running), ``reward_components`` (once finished),
-            ``truncated_action_tokens`` (tokens cut from this step's action; 0 when it fit).
+            ``truncated_action_tokens`` (tokens cut from this step's action; 0 when it fit),
+            ``answer_cut`` (the answer was read from a turn that ran into its token budget; each
+            entry of ``turns`` says whether its turn was ``cut`` and its tool output
+            ``observation_cut``), ``passage_tools`` (the tools that return passages).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -266,13 +274,17 @@ class ToolEnv(gym.Env):
         token_ids = token_ids[:budget]
         logprobs = None if logprobs is None else logprobs[:budget]
         text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        stopped = (bool(token_ids) and token_ids[-1] == self.tokenizer.eos_token_id) or any(
+            text.endswith(stop) for stop in self.stop_strings
+        )
+        cut = truncated > 0 or (len(token_ids) >= budget and not stopped)
         try:
             parsed = self.parser.parse(text, self.tools)
         except Exception as error:  # noqa: BLE001 - a parser of one's own must not end the rollout
             message = _short(f"the turn could not be parsed: {type(error).__name__}: {error}")
             parsed = ParsedTurn(tool_calls=[ToolCall("?", None, message)])
         runnable = [call for call in parsed.tool_calls if call.error is None][: self.max_calls_per_turn]
-        return _Turn(token_ids, logprobs, parsed, truncated, runnable)
+        return _Turn(token_ids, logprobs, parsed, truncated, runnable, cut=cut)
 
     def _begin(self, turn: _Turn) -> list[ToolCall]:
         self.trajectory.append("policy", turn.token_ids, turn.logprobs)
@@ -306,7 +318,7 @@ class ToolEnv(gym.Env):
             self._nudges += 1
             observations = ["No tool call or answer found. " + self.parser.instructions(self.tools)]
         if self._room() > 0:
-            self._append_tool_output(observations)
+            turn.observation_cut = self._append_tool_output(observations)
 
         if len(self._turns) >= self.max_turns:
             return self._finish("max_turns", terminated=False)
@@ -332,15 +344,17 @@ class ToolEnv(gym.Env):
                 observations.append(output.text)
             else:
                 observations.append(f"Error: at most {self.max_calls_per_turn} tool calls per turn; this one was not run.")
+            tool = self.tools.get(call.name)
             turn.calls.append({"tool": call.name, "arguments": call.arguments, "ok": ok, "unavailable": unavailable,
-                               "output": observations[-1]})
+                               "output": observations[-1], "passages": bool(getattr(tool, "returns_passages", False))})
         return observations
 
     def _room(self) -> int:
         return self.max_total_tokens - len(self.trajectory)
 
-    def _append_tool_output(self, observations: list[str]) -> None:
-        """The tool turn, in at most ``max_observation_tokens`` and the room left in the context."""
+    def _append_tool_output(self, observations: list[str]) -> bool:
+        """The tool turn, in at most ``max_observation_tokens`` and the room left in the context;
+        True when an output had to be shortened to fit."""
         limit = min(self.max_observation_tokens, self._room())
         outputs = [self._encode(text) for text in observations]
         room = limit - len(self._encode(self._tool_text([""] * len(observations))))
@@ -353,6 +367,7 @@ class ToolEnv(gym.Env):
                 break
             room -= len(ids) - limit
         self.trajectory.append("tool", ids[:limit])
+        return len(ids) > limit or any(share < len(output) for share, output in zip(shares, outputs, strict=True))
 
     def _tool_text(self, outputs: list[str]) -> str:
         text = self.parser.format_results(outputs)
@@ -411,11 +426,17 @@ class ToolEnv(gym.Env):
             "tool_calls": dict(self._tool_calls),
             "failed_tool_calls": self._failed_calls(),
             "num_turns": len(self._turns),
-            "turns": [{"calls": list(turn.calls)} for turn in self._turns],
+            "turns": [
+                {"calls": list(turn.calls), "cut": turn.cut, "observation_cut": turn.observation_cut}
+                for turn in self._turns
+            ],
             "answer": self._answer,
             "format_valid": self._format_valid(finish_reason) if finish_reason else False,
             "finish_reason": finish_reason,
             "truncated_action_tokens": self._turns[-1].truncated_tokens if self._turns else 0,
+            # The answer was read from a turn that ran into its token budget: it may be cut short.
+            "answer_cut": finish_reason in ("answer", "untagged_answer") and self._turns[-1].cut,
+            "passage_tools": sorted(name for name, tool in self.tools.items() if getattr(tool, "returns_passages", False)),
         }
 
     def _action_ids(self, action) -> list[int]:

@@ -3,7 +3,8 @@
 An outcome reward says how the episode ended; a process reward says which step helped (Lightman et
 al. 2023 and DeepSeekMath's process supervision, §4.1.3). For search agents the steps that can be
 judged without a learned model are the tool calls. Each term is a pure function of one turn, the
-turns before it and the gold answers::
+turns before it and the gold answers (a search is a call to a tool that returns passages,
+``Tool.returns_passages``, as the shipped ``search`` does)::
 
     search_found_answer   1 if a search of the turn returned text containing a gold answer
                           (normalised as exact match normalises: case, punctuation, articles)
@@ -28,36 +29,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agentenv.rewards import normalize_answer
-
-Turn = Mapping[str, Any]  # {"calls": [{"tool", "arguments", "ok", "unavailable", "output"}, ...]}: info["turns"]
-
-
-def _searches(turn: Turn) -> list[dict[str, Any]]:
-    return [call for call in turn["calls"] if call["tool"] == "search" and call["arguments"]]
-
-
-def _query(call: dict[str, Any]) -> str:
-    return normalize_answer(str(call["arguments"].get("query", "")))
+from agentenv.search_behaviour import Turn, contains_answer, passage_calls, query_text
 
 
 def search_found_answer(turn: Turn, earlier: Sequence[Turn], gold_answers: Sequence[str]) -> float:
     """1.0 if a successful search of the turn returned a gold answer in its text."""
-    golds = [normalize_answer(gold) for gold in gold_answers]
-    for call in _searches(turn):
-        text = f" {normalize_answer(call['output'])} "
-        if call["ok"] and any(gold and f" {gold} " in text for gold in golds):
-            return 1.0
-    return 0.0
+    return float(any(call["ok"] and contains_answer(call["output"], gold_answers) for call in passage_calls(turn)))
 
 
 def repeated_query(turn: Turn, earlier: Sequence[Turn], gold_answers: Sequence[str]) -> float:
     """How many of the turn's search queries were already searched in an earlier turn, or earlier
     in this one."""
-    seen = {_query(call) for previous in earlier for call in _searches(previous)}
+    seen = {query_text(call) for previous in earlier for call in passage_calls(previous)}
     repeats = 0
-    for call in _searches(turn):
-        query = _query(call)
+    for call in passage_calls(turn):
+        query = query_text(call)
         repeats += query in seen
         seen.add(query)
     return float(repeats)

@@ -87,6 +87,15 @@ class Trajectory:
         return sum(len(s.token_ids) for s in self.segments)
 
 
+@dataclass(frozen=True)
+class SampledTurn:
+    """What the rollout engine returned for one turn, kept apart from the trajectory so that the
+    trainer can check that the ids it trains on are the ids the engine sampled."""
+
+    token_ids: tuple[int, ...]
+    finish_reason: str  # the engine's: "stop" (a stop string or EOS) or "length" (the turn's budget)
+
+
 @dataclass
 class Episode:
     """One finished episode, as every loss and every metric reads it: its trajectory (token ids,
@@ -107,6 +116,9 @@ class Episode:
     answer: str | None = None
     format_valid: bool = False
     turns: list[dict[str, Any]] = field(default_factory=list)  # per turn, its calls (ToolEnv's info["turns"])
+    answer_cut: bool = False  # the answer was read from a turn that ran into its token budget
+    passage_tools: tuple[str, ...] = ()  # the environment's tools that return passages (searches)
+    sampled_turns: list[SampledTurn] | None = None  # the engine's output per turn, when a rollout recorded it
 
     @classmethod
     def from_info(cls, info: dict[str, Any], reward: float, group: int = 0) -> Episode:
@@ -122,6 +134,8 @@ class Episode:
             answer=info.get("answer"),
             format_valid=bool(info.get("format_valid", False)),
             turns=list(info.get("turns", [])),
+            answer_cut=bool(info.get("answer_cut", False)),
+            passage_tools=tuple(info.get("passage_tools", ())),
         )
 
     @classmethod

@@ -31,7 +31,7 @@ def capitals(query: str) -> str:
 @pytest.fixture
 def scripted(tokenizer):
     """A finished episode: a search that finds the answer, the same query again beside 1/0, an answer."""
-    env = ToolEnv([Tool.from_function(capitals, name="search"), calculator], tokenizer=tokenizer)
+    env = ToolEnv([Tool.from_function(capitals, name="search", returns_passages=True), calculator], tokenizer=tokenizer)
     env.reset(options=QUESTION)
     env.step("<search>capital of Peru</search>")
     env.step("<search>Capital of Peru!</search><calculator>1/0</calculator>")

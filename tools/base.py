@@ -83,6 +83,10 @@ class Tool:
     batch_function: Callable[[list[dict[str, Any]]], list[str | ToolError]] | None = None
     # Error strings are clipped so a failing tool cannot flood the context.
     max_error_chars: int = field(default=300, repr=False)
+    # True for a tool whose output is retrieved passages (``search``): the search-behaviour
+    # metrics (agentenv/search_behaviour.py) read its calls as queries and its outputs as what
+    # the agent retrieved.
+    returns_passages: bool = False
 
     @classmethod
     def from_function(
@@ -90,6 +94,7 @@ class Tool:
         function: Callable[..., str],
         name: str | None = None,
         batch_function: Callable[[list[dict[str, Any]]], list[str]] | None = None,
+        returns_passages: bool = False,
     ) -> Tool:
         """Wrap a typed function whose docstring has a Google-style ``Args:`` section. What the
         schema needs is checked now (a docstring, a type hint on every argument); the schema
@@ -100,7 +105,7 @@ class Tool:
         untyped = [n for n, p in inspect.signature(function).parameters.items() if p.annotation is inspect.Parameter.empty]
         if untyped:
             raise ValueError(f"tool {name!r}: argument(s) {', '.join(untyped)} need a type hint (the JSON schema reads them)")
-        return cls(name, None, None, function, batch_function)
+        return cls(name, None, None, function, batch_function, returns_passages=returns_passages)
 
     def _read_schema(self) -> None:
         from transformers.utils import get_json_schema
@@ -215,10 +220,11 @@ Tool.description = _read_when_first_asked("description")
 Tool.parameters = _read_when_first_asked("parameters")
 
 
-def tool(function: Callable[..., str] | None = None, *, name: str | None = None):
-    """Decorator form of ``Tool.from_function``; works bare (``@tool``) or with a name."""
+def tool(function: Callable[..., str] | None = None, *, name: str | None = None, returns_passages: bool = False):
+    """Decorator form of ``Tool.from_function``; works bare (``@tool``) or with arguments
+    (``@tool(returns_passages=True)`` for a retriever of one's own)."""
     if function is None:
-        return lambda f: Tool.from_function(f, name=name)
+        return lambda f: tool(f, name=name, returns_passages=returns_passages)
     if not inspect.isfunction(function) and not inspect.ismethod(function):
         raise TypeError(f"@tool expects a function, got {type(function).__name__}")
-    return Tool.from_function(function, name=name)
+    return Tool.from_function(function, name=name, returns_passages=returns_passages)

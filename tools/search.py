@@ -150,4 +150,4 @@ def search_tool(
             raise result
         return result
 
-    return Tool.from_function(search, name="search", batch_function=search_many)
+    return Tool.from_function(search, name="search", batch_function=search_many, returns_passages=True)

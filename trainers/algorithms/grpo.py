@@ -17,7 +17,9 @@ policy generated and 0 on prompt, tool output and padding (``Trajectory.policy_m
                                                         (Yu et al. 2025, §3.1)
     KL_{i,t}   = exp(logπ_ref − logπ_θ) − (logπ_ref − logπ_θ) − 1
                                                         the k3 estimator (Schulman 2020), ≥ 0
-    ℓ_{i,t}    = ℓ^clip_{i,t} + β KL_{i,t}
+    w_{i,t}    = min(exp(logπ_old(o_{i,t}) − e_{i,t}), C)   truncated importance sampling (below);
+                                                        w = 1 without it
+    ℓ_{i,t}    = w_{i,t} ℓ^clip_{i,t} + β KL_{i,t}
 
 and the loss aggregates ℓ over the policy tokens (``loss_agg``), with N sequences in the batch::
 
@@ -91,6 +93,15 @@ The cost is that the engine–trainer numerics gap enters ρ: measured at ~1e-6 
 CPU (float32 on both sides; bench/RESULTS.md); with bf16 on a GPU it is larger, and
 ``logprob_gap/engine_vs_trainer`` (here: staleness plus numerics) shows it. top_p < 1 would make
 π_behav a truncated distribution that π_θ is not, so the config refuses it with this mode.
+
+Truncated importance sampling (``truncated_is``; Yao et al. 2025's TIS, TRL's and verl's vLLM
+correction). The engine samples o_{i,t} with its own numerics, e_{i,t} = its logprob of the token,
+while the loss's ρ is taken against the trainer's logπ_old: when the engine computes in a lower
+precision than the trainer (bf16 vLLM beside fp32 training), the batch is not quite π_old's, and
+each token's clipped term is reweighted by the ratio of the two, capped at C (``truncated_is_cap``)
+so that a token the engine found far likelier than the trainer does cannot dominate; w carries no
+gradient. ``"auto"`` turns it on where ``engine.dtype`` is of lower precision than ``model.dtype``;
+off-policy (logπ_old = e) every w is 1.
 """
 
 from __future__ import annotations
@@ -122,6 +133,7 @@ from agentenv.trainers.algorithms.update import (
 from agentenv.trajectory import Episode
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+TRUNCATED_IS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,10 @@ class GRPOConfig:
     # True: micro-batches of one group each, whose shared prompt runs once (the module docstring's
     # "shared prefix"). The same loss and gradients.
     shared_prefix: bool = False
+    # Truncated importance sampling (the module docstring's w): "auto" (on where the engine computes
+    # in a lower precision than the trainer), "on" or "off"; C, the cap of the weight.
+    truncated_is: str = "auto"
+    truncated_is_cap: float = 2.0
 
     @property
     def rollout_questions(self) -> int:
@@ -181,6 +197,10 @@ class GRPOConfig:
                 f"grpo.oversample must be at least 1, got {self.oversample!r}: it is how many times B questions "
                 "a step rolls out to find B groups whose rewards differ"
             )
+        if self.truncated_is not in TRUNCATED_IS:
+            raise ValueError(f"grpo.truncated_is must be one of {list(TRUNCATED_IS)}, got {self.truncated_is!r}")
+        if not self.truncated_is_cap >= 1:
+            raise ValueError(f"grpo.truncated_is_cap must be at least 1, got {self.truncated_is_cap!r}")
         if self.shared_prefix and not self.lean_update:
             raise ValueError(
                 "grpo.shared_prefix needs grpo.lean_update: true: the prefix runs through the model's body "
@@ -280,12 +300,16 @@ def grpo_token_loss(
     advantages: torch.Tensor,
     ref_logp: torch.Tensor | None,
     config: GRPOConfig,
+    is_weight: torch.Tensor | None = None,
 ) -> TokenLoss:
-    """ℓ_{i,t} for log-probs ``[n, T]`` and one advantage per sequence ``[n]`` or per token ``[n, T]``."""
+    """ℓ_{i,t} for log-probs ``[n, T]`` and one advantage per sequence ``[n]`` or per token ``[n, T]``;
+    ``is_weight``: w_{i,t} of truncated importance sampling, or None (w = 1)."""
     A = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     ratio = torch.exp(logp - old_logp)
     clipped_ratio = torch.clamp(ratio, 1 - config.clip_eps_low, 1 + config.clip_eps_high)
     clip_loss = -torch.min(ratio * A, clipped_ratio * A)
+    if is_weight is not None:
+        clip_loss = is_weight * clip_loss
     if ref_logp is not None and config.kl_beta > 0:
         kl = k3_kl(logp, ref_logp)
         loss = clip_loss + config.kl_beta * kl
@@ -316,11 +340,13 @@ def grpo_update(
     generator: torch.Generator | None = None,
     behaviour_logprobs: bool = False,
     token_credits: Sequence[Sequence[float] | None] | None = None,
+    truncated_is: bool = False,
 ) -> dict[str, float]:
     """One GRPO update on a batch of episodes; returns its metrics. ``behaviour_logprobs``: the
     batch was sampled by older weights, and each episode's engine logprobs are logπ_old (the
     module docstring's off-policy ρ). ``token_credits``: P_{i,t} per episode (one per token of its
-    trajectory, 0 off policy), or None."""
+    trajectory, 0 off policy), or None. ``truncated_is``: weight each token's clipped term by
+    w_{i,t} (the module docstring's truncated importance sampling)."""
     config.validate()
     rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
     groups = torch.tensor([e.group for e in episodes])
@@ -365,13 +391,15 @@ def grpo_update(
         trainer_logp = torch.zeros(len(batch), batch.input_ids.shape[1] - batch.start)
     else:
         trainer_logp = old_logp
+    engine_logp = engine_logprob_matrix(episodes, batch) if truncated_is else None
     ref_logp = None
     if config.kl_beta > 0:
         ref_module, ref_ctx = reference_context(model, reference_model)
         with ref_ctx:
             ref_logp = batch_logprobs(ref_module, batch, config.micro_batch_size, temperature, shared_groups)
 
-    sums = {"kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": 0.0, "ratio": 0.0, "tokens": 0.0}
+    sums = {"kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": 0.0, "ratio": 0.0, "tokens": 0.0,
+            "is_weight": 0.0, "is_capped": 0.0}
 
     def split(minibatch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if config.shared_prefix:
@@ -400,7 +428,15 @@ def grpo_update(
         old = logp.detach() if old_logp is None else old_logp[rows, :columns]
         ref = None if ref_logp is None else ref_logp[rows, :columns]
         A = advantages[rows] if process is None else advantages[rows].unsqueeze(1) + process[rows, :columns]
-        terms = grpo_token_loss(logp, old, A, ref, config)
+        weight = None
+        if engine_logp is not None:
+            # Off the policy tokens both log-probs are 0 or unread; the mask keeps them out of the loss.
+            raw = torch.exp(old - engine_logp[rows, :columns]).where(mask > 0, torch.ones_like(old))
+            weight = raw.clamp(max=config.truncated_is_cap)
+            if epoch == 0:
+                sums["is_weight"] += (weight * mask).sum().item()
+                sums["is_capped"] += ((raw > config.truncated_is_cap) * mask).sum().item()
+        terms = grpo_token_loss(logp, old, A, ref, config, weight)
         if epoch == 0:
             sums["tokens"] += mask.sum().item()
             sums["kl"] += (terms.kl * mask).sum().item()
@@ -426,9 +462,12 @@ def grpo_update(
             **trained_stats(sums["tokens"], len(batch), sum(len(e.token_ids) for e in episodes)),
         }
     )
+    if engine_logp is not None:
+        metrics["truncated_is/weight_mean"] = sums["is_weight"] / tokens
+        metrics["truncated_is/capped_fraction"] = sums["is_capped"] / tokens
     gap = engine_logprob_gap(episodes, batch, trainer_logp)
     if gap is not None:
-        metrics["logprob_gap/engine_vs_trainer"] = gap
+        metrics.update(gap.metrics(episodes))
     return metrics
 
 
@@ -460,6 +499,7 @@ def _update(inputs: UpdateInputs, config: GRPOConfig) -> dict[str, float]:
         generator=inputs.generator,
         behaviour_logprobs=inputs.behaviour_lag > 0,
         token_credits=inputs.token_credits,
+        truncated_is=config.truncated_is == "on" or (config.truncated_is == "auto" and inputs.engine_lower_precision),
     )
 
 

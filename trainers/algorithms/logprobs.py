@@ -283,17 +283,39 @@ def engine_logprob_matrix(episodes: Sequence[Episode], batch: PaddedBatch) -> to
     return old
 
 
-def engine_logprob_gap(episodes: Sequence[Episode], batch: PaddedBatch, trainer_logp: torch.Tensor) -> float | None:
-    """Mean |engine logprob − trainer logπ_old| over policy tokens, for episodes with engine logprobs."""
-    gaps = []
+@dataclass(frozen=True)
+class LogprobGap:
+    """|engine logprob − trainer logπ_old| over the policy tokens of a batch: the mean, the largest,
+    and where the largest is (the row in the batch and the token's position in its trajectory)."""
+
+    mean: float
+    max: float
+    row: int
+    position: int
+
+    def metrics(self, episodes: Sequence[Episode]) -> dict[str, object]:
+        """``logprob_gap/engine_vs_trainer`` (mean), ``…_max``, and ``…_worst``: which episode and token."""
+        episode = episodes[self.row]
+        worst = {"id": episode.question.get("id"), "group": episode.group, "row": self.row,
+                 "position": self.position, "token_id": episode.token_ids[self.position]}
+        return {"logprob_gap/engine_vs_trainer": self.mean, "logprob_gap/engine_vs_trainer_max": self.max,
+                "logprob_gap/engine_vs_trainer_worst": worst}
+
+
+def engine_logprob_gap(episodes: Sequence[Episode], batch: PaddedBatch, trainer_logp: torch.Tensor) -> LogprobGap | None:
+    """The gap over policy tokens of the episodes with engine logprobs; None when none has them."""
+    total, count, worst = 0.0, 0, (-1.0, 0, 0)
     for row, episode in enumerate(episodes):
         if episode.engine_logprobs is None:
             continue
         positions = policy_columns(episode, batch)
-        if len(positions) != len(episode.engine_logprobs):
+        if not positions or len(positions) != len(episode.engine_logprobs):
             continue
-        trainer = trainer_logp[row, positions]
-        gaps.append((torch.tensor(episode.engine_logprobs) - trainer).abs())
-    if not gaps:
+        gaps = (torch.tensor(episode.engine_logprobs) - trainer_logp[row, positions]).abs()
+        total, count = total + gaps.sum().item(), count + len(positions)
+        largest = int(gaps.argmax())
+        if gaps[largest].item() > worst[0]:
+            worst = (gaps[largest].item(), row, positions[largest] + batch.start)
+    if not count:
         return None
-    return torch.cat(gaps).mean().item()
+    return LogprobGap(total / count, worst[0], worst[1], worst[2])

@@ -44,6 +44,7 @@ class UpdateInputs:
     tokenizer: Any = None
     run_dir: Path | None = None
     step: int = 0
+    engine_lower_precision: bool = False  # the rollout engine computes in a lower precision than the trainer
 
 
 def _never(section: Any, lora_enabled: bool) -> bool:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from agentenv.corpora import question_class
+from agentenv.search_behaviour import SearchRecord, search_metrics
 from agentenv.trainers.evaluation.stats import bootstrap_interval
 from agentenv.trainers.loop.metrics import transcript
 from agentenv.trainers.rollout.policy import PolicyNotFound
@@ -160,6 +161,10 @@ def summarise(records: list[dict[str, Any]], tools: Sequence[str] = ()) -> dict[
         if rs[0].get("class"):
             classes[rs[0]["class"]].append(sum(r["exact_match"] for r in rs) / len(rs))
     summary["exact_match_by_class"] = {name: {"n": len(v), "exact_match": _mean(v)} for name, v in sorted(classes.items())}
+    searched = [SearchRecord(**r["search"]) for r in records if "search" in r]
+    if searched:
+        # Over episodes (every sample), as a training step logs them.
+        summary["search"] = search_metrics(searched, prefix="")
     return summary
 
 
@@ -221,7 +226,9 @@ def episode_record(mode: str, episode: Any, sample: int, tokenizer: Any) -> dict
 
 def format_table(summaries: dict[str, dict[str, Any]]) -> str:
     """Modes as rows; EM with its interval, F1, pass@k, calls per question of each tool, turns,
-    format, tokens."""
+    format, tokens; then, for modes with a search tool, what their searches did (searches per
+    episode, answer recall of retrieval, reading accuracy, the verdicts' shares, duplicate and
+    question-copy query rates); then EM by kind."""
     width = max(14, *(len(mode) + 2 for mode in summaries))
     tools = sorted({name for s in summaries.values() for name in s.get("tool_calls", {})})
     tool_width = {name: max(6, len(name)) for name in tools}
@@ -238,6 +245,17 @@ def format_table(summaries: dict[str, dict[str, Any]]) -> str:
             + "".join(f"{calls.get(name, 0.0):>{tool_width[name]}.2f}  " for name in tools)
             + f"{s['turns']:>5.2f}  {s['valid_format']:>6.3f}  {s['policy_tokens']:>6.1f}"
         )
+    searching = {mode: s["search"] for mode, s in summaries.items() if s.get("search")}
+    if searching:
+        # Where a wrong answer came from: never searching, searching without finding, or misreading.
+        lines += ["", f"{'searches':<{width}}{'per ep':>7}  {'recall':>6}  {'reading':>7}  {'none':>5}  "
+                      f"{'not found':>9}  {'misread':>7}  {'dup':>5}  {'copy q':>6}"]
+        for mode, s in searching.items():
+            lines.append(
+                f"{mode:<{width}}{s['per_episode']:>7.2f}  {s['answer_recall']:>6.3f}  {s['reading_accuracy']:>7.3f}  "
+                f"{s['verdict/no_search']:>5.3f}  {s['verdict/not_found']:>9.3f}  {s['verdict/found_misread']:>7.3f}  "
+                f"{s['duplicate_rate']:>5.3f}  {s['question_copy_rate']:>6.3f}"
+            )
     kinds = sorted({kind for s in summaries.values() for kind in s["exact_match_by_kind"]})
     if kinds:
         column = max(13, *(len(mode) + 2 for mode in summaries))

@@ -233,6 +233,7 @@ def render_episode(record: dict[str, Any], is_open: bool = False) -> str:
         f'<span class="badge">reward {_number(reward)}</span>'
         + (f' <span class="badge {"right" if em else "wrong"}">EM {_number(em)}</span>' if em is not None else "")
         + f' <span class="answer-brief">→ {escape(answer) if answer is not None else "<i>no answer</i>"}</span>'
+        + verdict_badge(record)
     )
     facts = [
         ("gold answers", ", ".join(str(a) for a in record.get("answers") or [])),
@@ -240,6 +241,11 @@ def render_episode(record: dict[str, Any], is_open: bool = False) -> str:
         ("finish reason", record.get("finish_reason")),
         ("turns", record.get("turns", record.get("num_turns"))),  # num_turns: training transcripts before 0.2
     ]
+    search = record.get("search")
+    if search:
+        facts.append(("search", f"{search['verdict']}: {search['searches']} searches, {search['duplicate_queries']} "
+                                f"repeated, {search['near_duplicate_queries']} near-repeated, "
+                                f"{search['question_copies']} copying the question"))
     if record.get("group") is not None:
         facts.append(("group", record["group"]))
     if record.get("sample") is not None:
@@ -266,6 +272,18 @@ def render_episode(record: dict[str, Any], is_open: bool = False) -> str:
     )
 
 
+VERDICT_CLASSES = {"found, read right": "right", "found, misread": "misread", "not found": "wrong", "no search": ""}
+
+
+def verdict_badge(record: dict[str, Any]) -> str:
+    """Where the episode's answer came from, for records whose environment searches: found and read
+    right, found and misread, not found, no search (agentenv/search_behaviour.py)."""
+    verdict = (record.get("search") or {}).get("verdict")
+    if verdict is None:
+        return ""
+    return f' <span class="badge {VERDICT_CLASSES.get(verdict, "")}" title="what its searches did">{escape(verdict)}</span>'
+
+
 def render_segment(segment: dict[str, str]) -> str:
     """One element per segment, its class the segment's source; chat-template special tokens dimmed."""
     source = segment["source"] if segment["source"] in SOURCES else "unknown"
@@ -287,7 +305,7 @@ h3 {{ font-size: 1em; margin: 1.1em 0 .4em; }} small, .note, .hint {{ color: #66
 .episode > summary {{ cursor: pointer; }}
 .qid {{ font-family: monospace; color: #555; }}
 .badge {{ background: #eee; border-radius: 4px; padding: 0 .4em; font-size: .9em; }}
-.badge.right {{ background: #bfe5bf; }} .badge.wrong {{ background: #f3c9c9; }}
+.badge.right {{ background: #bfe5bf; }} .badge.wrong {{ background: #f3c9c9; }} .badge.misread {{ background: #f6dea6; }}
 .answer-brief {{ font-weight: 600; }}
 .cards {{ display: flex; gap: 2em; margin: .5em 0; }}
 table {{ border-collapse: collapse; font-size: .92em; }}

@@ -231,9 +231,20 @@ def build_engine(config: TrainConfig, policy: Policy, env: Any):
             # engine receives the merged weights instead (VLLMEngine.update_weights).
             kwargs.setdefault("lora_rank", config.lora.r)
     return make_engine(
-        kind, policy.model_path, dtype=policy.dtype, model=policy.model, tokenizer=policy.tokenizer,
-        **kwargs,
+        kind, policy.model_path, dtype=engine_dtype(config, policy) if kind == "vllm" else policy.dtype,
+        model=policy.model, tokenizer=policy.tokenizer, **kwargs,
     )
+
+
+def engine_dtype(config: TrainConfig, policy: Policy) -> torch.dtype:
+    """What the vLLM engine computes in: ``engine.dtype``, or the trainer's own (``model``)."""
+    return policy.dtype if config.engine.dtype == "model" else resolve_dtype(config.engine.dtype)
+
+
+def engine_lower_precision(config: TrainConfig, policy: Policy) -> bool:
+    """The engine samples in fewer mantissa bits than the trainer computes in (bf16 beside fp32):
+    where ``grpo.truncated_is: auto`` reweights the loss."""
+    return torch.finfo(engine_dtype(config, policy)).eps > torch.finfo(policy.dtype).eps
 
 
 def seed_everything(seed: int) -> None:

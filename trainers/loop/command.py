@@ -18,6 +18,7 @@ import yaml
 
 from agentenv.trainers.loop.checkpoint import latest_checkpoint, read_state
 from agentenv.trainers.loop.config import ConfigError, TrainConfig, load_config, to_dict
+from agentenv.trainers.loop.health import InvariantViolation
 from agentenv.trainers.loop.metrics import read_jsonl
 from agentenv.trainers.loop.train import TrainingInterrupted, resume_command, train
 from agentenv.trainers.rollout.workers import WorkerError
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"agentenv train: error: {error}", file=sys.stderr)
         return 2
-    except WorkerError as error:
+    except (WorkerError, InvariantViolation) as error:
         print(f"agentenv train: error: {error}\nresume from the newest checkpoint with: {resume_command(run_dir)}",
               file=sys.stderr)
         return 1

@@ -27,13 +27,14 @@ from agentenv.process_rewards import check_weights
 from agentenv.rewards import RewardConfig
 from agentenv.trainers.algorithms import ALGORITHMS
 from agentenv.trainers.algorithms.dpo import DPO_LOSSES, DPOConfig
-from agentenv.trainers.algorithms.grpo import LOSS_AGGREGATIONS, GRPOConfig
+from agentenv.trainers.algorithms.grpo import LOSS_AGGREGATIONS, TRUNCATED_IS, GRPOConfig
 from agentenv.trainers.algorithms.logprobs import REFERENCES
 from agentenv.trainers.algorithms.ppo import PPOConfig
 from agentenv.trainers.algorithms.rft import KEEP_RULES, RFTConfig
 from agentenv.trainers.algorithms.rloo import RLOOConfig
 from agentenv.trainers.algorithms.sft import SFTConfig
 from agentenv.trainers.loop.errors import MAX_QUOTED_CHARS, ConfigError, brief
+from agentenv.trainers.loop.health import HealthConfig
 from agentenv.trainers.rollout.engines import ENGINE_KINDS
 
 
@@ -58,6 +59,10 @@ class EngineConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to make_engine
+    # What the vLLM engine computes in: "model" (model.dtype, as the trainer) or a lower precision
+    # beside float32 training (bfloat16), which turns grpo.truncated_is "auto" on. The transformers
+    # engine generates with the trained model itself.
+    dtype: str = "model"
     # Rollout workers on Ray (trainers/rollout/workers.py, `pip install 'agentenv[ray]'`): each holds an
     # engine of `kind` and its own environments; 0 rolls out in the training process.
     workers: int = 0
@@ -164,6 +169,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 # Keys whose value must be one of a few strings.
@@ -171,6 +177,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mode": tuple(ALGORITHMS),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "engine.kind": ENGINE_KINDS,
+    "engine.dtype": ("model", "float32", "bfloat16", "float16"),
+    "grpo.truncated_is": TRUNCATED_IS,
     "engine.worker_placement": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     "engine.weight_sync": ("object-store", "nccl"),
     "rollout.off_policy_steps": (0, 1),
@@ -235,12 +243,24 @@ RANGES: dict[str, Range] = {
     "eval.batch_size": Range(1),
     "checkpoint.every": Range(1),
     "checkpoint.keep_last": Range(1),
+    "grpo.truncated_is_cap": Range(1),
+    "health.logprob_gap_mean_limit": Range(0),
+    "health.logprob_gap_max_limit": Range(0),
+    "health.kl_every": Range(0),
+    "health.window": Range(1),
+    "health.entropy_drop": Range(0, 1),
+    "health.format_valid_drop": Range(0, 1),
+    "health.searches_floor": Range(0),
+    "health.searches_cap_share": Range(0, 1),
+    "health.length_limit_share": Range(0, 1),
+    "health.logprob_gap_growth": Range(1),
+    "health.equal_groups_share": Range(0, 1),
 }
 
 
-# What a resumed run may change (``--resume``): how it is logged and checkpointed, and how far it
-# goes. Any other key changes what the next step computes.
-MAY_CHANGE_ON_RESUME = ("logging.", "checkpoint.", "max_steps")
+# What a resumed run may change (``--resume``): how it is logged, checked and checkpointed, and how
+# far it goes. Any other key changes what the next step computes.
+MAY_CHANGE_ON_RESUME = ("logging.", "checkpoint.", "health.", "max_steps")
 
 
 def training_changes(old: TrainConfig, new: TrainConfig) -> list[str]:

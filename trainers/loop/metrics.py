@@ -26,11 +26,13 @@ import netrc
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from agentenv.corpora import question_class
+from agentenv.search_behaviour import episode_search_record
 
 TOOL_OPEN, TOOL_CLOSE = "[TOOL]", "[/TOOL]"
 # The steps a killed run logged past the checkpoint it resumed from, appended at each resume.
@@ -214,9 +216,18 @@ def transcript(episode: Any, tokenizer: Any) -> dict[str, Any]:
         "turns": episode.num_turns,
         "tool_calls": dict(episode.tool_calls),
         "policy_tokens": episode.trajectory.count("policy"),
+        **search_fields(episode),
         "text": text,
         "segments": segments,
     }
+
+
+def search_fields(episode: Any) -> dict[str, Any]:
+    """``{"search": ...}``: what the episode's searches did (agentenv/search_behaviour.py), where its
+    environment has a tool that returns passages; else nothing."""
+    if not getattr(episode, "passage_tools", ()):
+        return {}
+    return {"search": asdict(episode_search_record(episode))}
 
 
 EPISODES_FILE = "episodes.jsonl"

@@ -8,9 +8,11 @@ One step, whatever the ``mode:`` (each objective is a registered ``Algorithm``, 
                 (SFT: the environment's oracle plays each question once;
                  engine.workers: N → the same on N Ray workers;
                  rollout.off_policy_steps: 1 → prefetched during the previous update)
+    check the batch's invariants (token ids, loss mask, cut answers)    # health.py
     metrics   = algorithm.update(episodes)                              # its loss, the shared optimize()
+    check the engine-trainer log-prob gap; kl/to_start every N steps    # health.py
     engine.update_weights(model)                                       # the next rollout sees θ
-    log metrics, transcripts; checkpoint every N steps                  # metrics.py, checkpoint.py
+    log metrics, transcripts, health alerts; checkpoint every N steps   # metrics.py, checkpoint.py
 
 With ``sft.steps > 0`` the first steps are SFT, drawn from the same question order, then the mode
 starts with a fresh optimizer; ``mode: sft`` runs only SFT. An objective with an offline source
@@ -42,6 +44,7 @@ from agentenv.trainers.loop.build import (
     QuestionOrder,
     build_engine,
     build_optimizer,
+    engine_lower_precision,
     env_factory,
     env_spec,
     load_policy,
@@ -65,6 +68,16 @@ from agentenv.trainers.loop.config import (
     load_config,
     to_dict,
     training_changes,
+)
+from agentenv.trainers.loop.health import (
+    HealthMonitor,
+    StartPolicy,
+    check_gap,
+    check_rollout_batch,
+    enforce,
+    episode_limits,
+    print_alerts,
+    search_cap,
 )
 from agentenv.trainers.loop.held_out import HeldOutCurve
 from agentenv.trainers.loop.metrics import EPISODES_FILE, MetricsLogger, restart_jsonl
@@ -236,6 +249,8 @@ def train(
         wandb_project=config.logging.wandb_project if config.logging.wandb else None, config=to_dict(config),
     )
     progress = tqdm(total=total_steps, initial=step, disable=not config.logging.progress, desc="train", unit="step")
+    monitor = HealthMonitor(config.health, search_cap(envs[0])) if config.health.alerts else None
+    start_policy = None
     metrics: dict[str, Any] = {}
     try:
         with StopAtStepEnd() as stop:
@@ -250,9 +265,11 @@ def train(
                         save_reference(run_dir, model, policy.reference_model)
                 phase_steps = sft_steps if phase == "sft" else mode_steps
                 lr = set_learning_rate(optimizer, lr_schedule(config, phase, step_in_phase(step), phase_steps))
+                if rolls_out and phase == config.mode and config.health.kl_every and start_policy is None:
+                    start_policy = StartPolicy(model, run_dir)  # the mode's first step, or the saved one
                 started = time.perf_counter()
                 metrics, ids = train_step(step, phase, config, policy, optimizer, engine, envs, questions, order,
-                                          items, item_order, total_steps, run_dir)
+                                          items, item_order, total_steps, run_dir, start_policy)
                 metrics["phase"] = phase
                 metrics["data/question_ids"] = ids
                 metrics["data/cursor"] = order.cursor
@@ -262,6 +279,10 @@ def train(
                     # Steps that do not roll out do not sync the engine; rollout steps do.
                     synced = phase != "sft" and items is None
                     metrics.update(held_out.evaluate(engine, model, sync=not synced))
+                if monitor is not None:
+                    alert_metrics, started_alerts = monitor.observe(step, metrics)
+                    metrics.update(alert_metrics)
+                    print_alerts(started_alerts, step)
                 logger.log(step, metrics)
                 progress.update(1)
                 progress.set_postfix({k: f"{metrics[m]:.3f}" for k, m in _POSTFIX.items() if m in metrics})
@@ -291,10 +312,11 @@ _POSTFIX = {"reward": "reward/mean", "em": "exact_match", "dev_em": "dev/exact_m
 def train_step(
     step: int, phase: str, config: TrainConfig, policy: Any, optimizer: torch.optim.Optimizer, engine: Any,
     envs: list[Any], questions: list[dict[str, Any]], order: QuestionOrder, items: list[Any] | None,
-    item_order: QuestionOrder | None, total_steps: int, run_dir: Path,
+    item_order: QuestionOrder | None, total_steps: int, run_dir: Path, start_policy: StartPolicy | None = None,
 ) -> tuple[dict[str, Any], list[Any]]:
     """One step of ``phase``'s objective: its episodes (rolled out, the oracle's, or offline items),
-    its update, the weight sync; returns the step's metrics and the ids of what it trained on."""
+    checked (health.py), its update, the weight sync; returns the step's metrics and the ids of what
+    it trained on."""
     algorithm = algorithms.get(phase)
     config_section = section(config, phase)
     batch, step_items, times, credits = None, None, {}, None
@@ -315,6 +337,8 @@ def train_step(
             batch, times["rollout"] = timed(sample, step, config, policy, engine, envs, step_questions, G)
             episodes = batch.episodes
             credits = process_credits(episodes, config.reward.process)
+            health, times["health"] = timed(check_rollout_batch, episodes, policy.tokenizer.pad_token_id, config.health, step)
+            health.update(episode_limits(episodes, search_cap(envs[0]) if batch.passage_tools else None))
     inputs = algorithms.UpdateInputs(
         model=policy.model, optimizer=optimizer, episodes=episodes, pad_id=policy.tokenizer.pad_token_id,
         generator=torch.Generator().manual_seed(config.seed * 7919 + step),
@@ -322,10 +346,20 @@ def train_step(
         temperature=config.engine.temperature, behaviour_lag=batch.behaviour_lag if batch is not None else 0,
         token_credits=credits[0] if credits else None, max_response_tokens=response_budget(envs[0]),
         items=step_items, tokenizer=policy.tokenizer, run_dir=run_dir, step=step,
+        engine_lower_precision=engine_lower_precision(config, policy),
     )
     update, times["train"] = timed(algorithm.update, inputs, config_section)
     if credits:
         update.update(credits[1])
+    if batch is not None:
+        if config.health.checks:
+            enforce(check_gap(update, config.health), config.health, step)
+        if start_policy is not None and step % config.health.kl_every == 0:
+            kl, times["kl"] = timed(start_policy.kl, policy.model, episodes, policy.tokenizer.pad_token_id,
+                                    config.engine.temperature)
+            if kl is not None:
+                update["kl/to_start"] = kl
+        update.update(health)
     if batch is not None:
         _, times["sync"] = timed(engine.update_weights, policy.model)
     return step_metrics(step, config, policy, engine, run_dir, batch, update, times), ids

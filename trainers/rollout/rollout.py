@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from agentenv.env import FINISH_REASONS, ToolEnv, step_batch
+from agentenv.search_behaviour import episode_search_record, search_metrics
 from agentenv.trainers.rollout.engines import RolloutEngine, SamplingConfig
-from agentenv.trajectory import Episode
+from agentenv.trajectory import Episode, SampledTurn
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RolloutBatch:
     episodes: list[Episode]
     group_size: int
     tool_names: tuple[str, ...]
+    passage_tools: bool = False  # a tool of the environments returns passages (search metrics apply)
     generation_seconds: float = 0.0
     env_seconds: float = 0.0
     generated_tokens: int = 0
@@ -100,7 +102,8 @@ def rollout(
         )
     envs = [env.unwrapped for env in envs]
     tool_names = tuple(sorted({name for env in envs for name in env.tools}))
-    batch = RolloutBatch(episodes=[], group_size=group_size, tool_names=tool_names)
+    passage_tools = any(getattr(tool, "returns_passages", False) for env in envs for tool in env.tools.values())
+    batch = RolloutBatch(episodes=[], group_size=group_size, tool_names=tool_names, passage_tools=passage_tools)
     turn_finish_reasons: dict[str, int] = defaultdict(int)
 
     started = time.perf_counter()
@@ -108,6 +111,7 @@ def rollout(
     batch.env_seconds += time.perf_counter() - started
 
     finals: list[dict[str, Any] | None] = [None] * len(envs)
+    sampled: list[list[SampledTurn]] = [[] for _ in envs]  # the engine's ids, before any env sees them
     rewards = [0.0] * len(envs)
     active = list(range(len(envs)))
     bar = _progress_bar(len(envs), progress)
@@ -130,6 +134,7 @@ def rollout(
             batch.engine_calls += 1
             for i, completion in zip(indices, completions, strict=True):
                 actions[i] = completion
+                sampled[i].append(SampledTurn(tuple(int(t) for t in completion.token_ids), completion.finish_reason))
                 batch.generated_tokens += len(completion.token_ids)
                 turn_finish_reasons[completion.finish_reason] += 1
         batch.generation_seconds += time.perf_counter() - started
@@ -154,9 +159,9 @@ def rollout(
     bar.close()
 
     for i, info in enumerate(finals):
-        batch.episodes.append(
-            Episode.from_info(info, rewards[i], group=i // group_size)
-        )
+        episode = Episode.from_info(info, rewards[i], group=i // group_size)
+        episode.sampled_turns = sampled[i]
+        batch.episodes.append(episode)
     batch.turn_finish_reasons = dict(turn_finish_reasons)
     return batch
 
@@ -173,7 +178,8 @@ def episode_stats(batch: RolloutBatch) -> dict[str, float]:
     ``reward/mean``, ``reward/std``, ``reward/<term>`` for every reward component, ``exact_match``,
     ``episode/<tool>_calls`` for every tool of the environments, ``episode/turns``,
     ``episode/response_tokens`` (policy tokens), ``episode/tool_tokens``, ``episode/total_tokens``,
-    ``finish/<reason>`` (fraction of episodes), and the rollout's
+    ``finish/<reason>`` (fraction of episodes), ``episode/format_valid``, the search-behaviour
+    metrics ``search/...`` where a tool returns passages (agentenv/search_behaviour.py), and the rollout's
     ``rollout/generated_tokens_per_s`` and ``rollout/env_time_share``.
     """
     episodes = batch.episodes
@@ -197,6 +203,9 @@ def episode_stats(batch: RolloutBatch) -> dict[str, float]:
     stats["episode/total_tokens"] = mean(len(e.trajectory) for e in episodes)
     for reason in FINISH_REASONS:
         stats[f"finish/{reason}"] = mean(e.finish_reason == reason for e in episodes)
+    stats["episode/format_valid"] = mean(e.format_valid for e in episodes)
+    if batch.passage_tools:
+        stats.update(search_metrics([episode_search_record(e) for e in episodes]))
     stats["rollout/generated_tokens_per_s"] = batch.generated_tokens_per_s
     stats["rollout/env_time_share"] = batch.env_time_share
     return stats

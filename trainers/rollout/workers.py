@@ -518,6 +518,7 @@ def merge_batches(batches: list[RolloutBatch], first_groups: list[int], group_si
         episodes=episodes,
         group_size=group_size,
         tool_names=tuple(sorted({name for batch in batches for name in batch.tool_names})),
+        passage_tools=any(batch.passage_tools for batch in batches),
         generation_seconds=max((b.generation_seconds for b in batches), default=0.0),
         env_seconds=max((b.env_seconds for b in batches), default=0.0),
         generated_tokens=sum(b.generated_tokens for b in batches),
