@@ -247,6 +247,7 @@ RANGES: dict[str, Range] = {
     "health.logprob_gap_mean_limit": Range(0),
     "health.logprob_gap_max_limit": Range(0),
     "health.kl_every": Range(0),
+    "health.kl_episodes": Range(1),
     "health.window": Range(1),
     "health.entropy_drop": Range(0, 1),
     "health.format_valid_drop": Range(0, 1),

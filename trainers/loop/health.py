@@ -33,6 +33,8 @@ with logπ_θ the engine's logprobs of the sampled tokens (the batch was sampled
 logπ_start from one forward pass without gradients under the start's weights, swapped in for the
 trainable parameters (a LoRA adapter: a few MB) and back. The start's weights are saved once to
 ``start_policy.safetensors`` in the run folder, so a resumed run measures from the same start.
+Every ``kl_every`` steps, on ``kl_episodes`` episodes spread through the batch: the forward pass
+is the cost (measured in the README's health section), the estimate needs few tokens.
 
 Alerts (``HealthMonitor``) read each step's metrics: the mean over the last ``window`` steps against
 a threshold, or against the first ``window`` steps of the run (a drop). An alert prints one line
@@ -71,7 +73,11 @@ class HealthConfig:
     strict: bool = True  # a violation stops the run; false: a warning line and health/violations
     logprob_gap_mean_limit: float = 0.1  # nats; fp32 on both sides measures ~1e-6 here
     logprob_gap_max_limit: float = 5.0  # nats: one token 150x likelier to one side than the other
-    kl_every: int = 1  # steps between kl/to_start estimates; 0: never
+    # kl/to_start every this many steps (0: never), on at most kl_episodes of the batch spread over
+    # its groups: the start policy's forward pass over a whole B 16 x G 4 batch costs about what the
+    # update does on 2 cores.
+    kl_every: int = 5
+    kl_episodes: int = 16
     alerts: bool = True
     window: int = 5  # steps an alert averages over (and the run's start it compares against)
     entropy_drop: float = 0.75  # entropy below (1 - this) x the start's
@@ -269,10 +275,14 @@ class StartPolicy:
                 parameters[name].data = data
 
     def kl(self, model: torch.nn.Module, episodes: Sequence[Episode], pad_id: int, temperature: float,
-           micro_batch_size: int = 4) -> float | None:
+           micro_batch_size: int = 4, max_episodes: int | None = None) -> float | None:
         """The k3 estimate of KL(π_θ ‖ π_start) over the episodes' policy tokens, with logπ_θ the
-        engine's logprobs; None when no episode carries them."""
+        engine's logprobs, on at most ``max_episodes`` of them taken evenly through the batch;
+        None when no episode carries them."""
         usable = [e for e in episodes if e.engine_logprobs is not None and any(e.policy_mask)]
+        if max_episodes is not None and len(usable) > max_episodes:
+            stride = len(usable) / max_episodes
+            usable = [usable[int(i * stride)] for i in range(max_episodes)]
         if not usable:
             return None
         batch = pad_episodes(usable, pad_id)
@@ -283,7 +293,7 @@ class StartPolicy:
             current = torch.tensor(episode.engine_logprobs, dtype=torch.float32)
             total += k3_kl(current, start[row, columns]).sum().item()
             count += len(columns)
-        return total / count
+        return max(0.0, total / count)  # ≥ 0 but for float round-off
 
 
 # --- alerts ------------------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ def train_step(
             enforce(check_gap(update, config.health), config.health, step)
         if start_policy is not None and step % config.health.kl_every == 0:
             kl, times["kl"] = timed(start_policy.kl, policy.model, episodes, policy.tokenizer.pad_token_id,
-                                    config.engine.temperature)
+                                    config.engine.temperature, max_episodes=config.health.kl_episodes)
             if kl is not None:
                 update["kl/to_start"] = kl
         update.update(health)
