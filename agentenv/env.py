@@ -58,6 +58,8 @@ class _Turn:
     cut: bool = False
     # The tool turn after it was shortened to fit max_observation_tokens or the room left.
     observation_cut: bool = False
+    # Searches refused because the episode's search budget (max_searches) was spent, by id().
+    over_budget: set[int] = field(default_factory=set)
     # {"tool", "arguments", "ok", "unavailable", "output"} per call the policy wrote: what the
     # failed-call counts and process rewards are read from.
     calls: list[dict[str, Any]] = field(default_factory=list)
@@ -94,6 +96,10 @@ class ToolEnv(gym.Env):
             are scored on models that ignore the answer tags.
         max_nudges: nudges per episode; the next turn without a call or an answer ends it as
             ``no_tool_call``, as does one on the last turn (a reminder would have no turn to act on).
+        max_searches: the most calls to tools that return passages (``Tool.returns_passages``) one
+            episode may make; a call past it is not run and reads "the search budget is spent",
+            and counts as a failed call. None: no budget. ``agentenv eval --search-budgets`` sets it
+            to measure EM against searches.
 
     Why a capped nudge by default: for RL a turn of prose is a recoverable mistake. Ending the
     episode there scores the whole group's attempt at the format as 0 with nothing to learn from
@@ -142,6 +148,7 @@ class ToolEnv(gym.Env):
         max_calls_per_turn: int = 2,
         on_no_call: str = "nudge",
         max_nudges: int = 1,
+        max_searches: int | None = None,
         render_mode: str | None = None,
     ):
         if isinstance(tokenizer, str | os.PathLike):
@@ -174,6 +181,9 @@ class ToolEnv(gym.Env):
         if max_nudges < 0:
             raise ValueError(f"max_nudges must be at least 0, got {max_nudges}")
         self.max_nudges = max_nudges
+        if max_searches is not None and max_searches < 0:
+            raise ValueError(f"max_searches must be at least 0 or None, got {max_searches}")
+        self.max_searches = max_searches
         self.render_mode = render_mode
         self.system_prompt = self._build_system_prompt(system_prompt)
         self._tool_turn_wrapper = self._chat_tool_turn() if self.parser.results_in_tool_turn else None
@@ -284,7 +294,21 @@ class ToolEnv(gym.Env):
             message = _short(f"the turn could not be parsed: {type(error).__name__}: {error}")
             parsed = ParsedTurn(tool_calls=[ToolCall("?", None, message)])
         runnable = [call for call in parsed.tool_calls if call.error is None][: self.max_calls_per_turn]
-        return _Turn(token_ids, logprobs, parsed, truncated, runnable, cut=cut)
+        over_budget = set()
+        if self.max_searches is not None:
+            left = self.max_searches - sum(self._tool_calls[name] for name in self.passage_tools)
+            for call in runnable:
+                if call.name in self.passage_tools:
+                    if left <= 0:
+                        over_budget.add(id(call))
+                    left -= 1
+            runnable = [call for call in runnable if id(call) not in over_budget]
+        return _Turn(token_ids, logprobs, parsed, truncated, runnable, cut=cut, over_budget=over_budget)
+
+    @property
+    def passage_tools(self) -> list[str]:
+        """The names of the tools that return passages: the searches ``max_searches`` counts."""
+        return [name for name, tool in self.tools.items() if getattr(tool, "returns_passages", False)]
 
     def _begin(self, turn: _Turn) -> list[ToolCall]:
         self.trajectory.append("policy", turn.token_ids, turn.logprobs)
@@ -342,6 +366,9 @@ class ToolEnv(gym.Env):
                 ok, unavailable = output.ok, output.unavailable
                 self._tool_calls[call.name] += 1
                 observations.append(output.text)
+            elif id(call) in turn.over_budget:
+                observations.append(f"Error: the search budget of this episode ({self.max_searches} searches) is spent; "
+                                    "answer with what you have found.")
             else:
                 observations.append(f"Error: at most {self.max_calls_per_turn} tool calls per turn; this one was not run.")
             tool = self.tools.get(call.name)
@@ -436,7 +463,7 @@ class ToolEnv(gym.Env):
             "truncated_action_tokens": self._turns[-1].truncated_tokens if self._turns else 0,
             # The answer was read from a turn that ran into its token budget: it may be cut short.
             "answer_cut": finish_reason in ("answer", "untagged_answer") and self._turns[-1].cut,
-            "passage_tools": sorted(name for name, tool in self.tools.items() if getattr(tool, "returns_passages", False)),
+            "passage_tools": sorted(self.passage_tools),
         }
 
     def _action_ids(self, action) -> list[int]:

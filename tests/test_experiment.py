@@ -35,7 +35,7 @@ EXPERIMENT = {
     ],
     "reference": "agent (SFT + GRPO)",
     "evals": {
-        "geo": {"questions": "geo:test", "limit": 3},
+        "geo": {"questions": "geo:test", "limit": 3, "search_budgets": [0, 1]},
         "airports": {"questions": "corpora/airports/test.jsonl", "limit": 2, "corpus": "corpora/airports/passages.jsonl.gz"},
     },
     "eval_settings": {"engine": "transformers", "max_turns": 2, "max_turn_tokens": 6, "batch_size": 4},
@@ -67,6 +67,13 @@ def test_experiment_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     assert (out / "indexes" / "airports" / "index.json").is_file()
     table = (out / "results.md").read_text()
     assert "### geo (geo:test)" in table and "| agent (SFT) | 3 |" in table
+    # Agent rows on geo were also evaluated with at most 0 and 1 searches; rag has no search to cut.
+    geo = results["sets"]["geo"]["rows"]
+    assert list(geo["agent (SFT)"]["search_budgets"]) == ["0", "1"] and geo["rag (SFT)"]["search_budgets"] == {}
+    assert geo["agent (SFT)"]["search_budgets"]["0"]["searches"] == 0.0
+    assert results["sets"]["airports"]["rows"]["agent (SFT)"]["search_budgets"] == {}
+    assert "| EM with at most k searches | k = 0 | k = 1 | unlimited |" in table
+    assert "| what the searches did |" in table and "answer recall" in table
     for plot in ("em-by-method.png", "em-vs-searches.png", "em-by-kind.png", "dev-curve.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG", plot
     dev = [json.loads(line) for line in (out / "grpo-agent" / "metrics.jsonl").read_text().splitlines()]
@@ -84,7 +91,7 @@ def test_experiment_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     for ax, block in zip(by_method.axes, results["sets"].values(), strict=True):
         assert [bar.get_height() for bar in ax.patches] == [row["exact_match"] for row in block["rows"].values()]
     (scatter,) = draw_em_vs_searches(results).axes
-    assert len(scatter.collections) == 2 * 3  # a point per set and row
+    assert len(scatter.containers) == 2 * 3  # a point (or a budget line) per set and row
     assert [ax.get_title() for ax in draw_em_by_kind(results).axes] == ["geo", "airports"]
     dev_ax = draw_dev_curve({name: out / name for name in EXPERIMENT["runs"]}).axes[0]
     em_line, f1_line = dev_ax.get_lines()  # only grpo-agent logged a dev curve

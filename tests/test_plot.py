@@ -124,8 +124,8 @@ def test_experiment_figures_draw_every_set_and_row_of_the_results(tmp_path):
         assert [bar.get_height() for bar in ax.patches] == [r["exact_match"] for r in block["rows"].values()]
 
     (ax,) = draw_em_vs_searches(RESULTS).axes
-    # One point per set and row, set by set; the legend names each row once.
-    points = [tuple(c.get_offsets()[0]) for c in ax.collections]
+    # One point per set and row, set by set, with its interval; the legend names each row once.
+    points = [(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0]) for c in ax.containers]
     assert points == [(r["tool_calls"]["search"], r["exact_match"]) for b in sets.values() for r in b["rows"].values()]
     assert ax.get_legend_handles_labels()[1] == ["rag", "agent"]
 
@@ -139,3 +139,17 @@ def test_experiment_figures_draw_every_set_and_row_of_the_results(tmp_path):
 
     path = em_by_method(RESULTS, tmp_path / "em-by-method.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_em_vs_searches_puts_rag_at_one_search_and_draws_an_agent_s_search_budgets_as_a_line():
+    from agentenv.trainers.evaluation.experiment_plots import draw_em_vs_searches
+
+    agent = result_row(0.6, 10, 1.4, {})
+    agent["search_budgets"] = {"0": {"exact_match": 0.2, "exact_match_ci95": [0.1, 0.3], "searches": 0.0},
+                               "1": {"exact_match": 0.5, "exact_match_ci95": [0.4, 0.6], "searches": 0.9}}
+    rag = dict(result_row(0.4, 10, 0.0, {}), mode="rag")  # rag's env has no search tool: it retrieves once
+    results = {"reference": "agent", "sets": {"geo": {"rows": {"rag": rag, "agent": agent}}}}
+    (ax,) = draw_em_vs_searches(results).axes
+    rag_line, agent_line = (c.lines[0] for c in ax.containers)
+    assert list(rag_line.get_xdata()) == [1.0]
+    assert list(zip(agent_line.get_xdata(), agent_line.get_ydata())) == [(0.0, 0.2), (0.9, 0.5), (1.4, 0.6)]

@@ -124,3 +124,39 @@ def test_eval_reports_the_split_and_the_viewer_shows_each_verdict(tokenizer):
     assert "1.00" in row  # one search per episode
     assert 'class="badge misread"' in render_episode(records[1]) and "found, misread" in render_episode(records[1])
     assert "not found: 1 searches" in render_episode(records[2])
+
+
+def test_a_search_budget_refuses_searches_past_it_and_leaves_other_tools_alone(tokenizer):
+    env = ToolEnv([lookup, calculator], tokenizer=tokenizer, max_turns=6, max_searches=1)
+    env.reset(options=QUESTION)
+    env.step("<lookup>Chile</lookup>")
+    *_, info = env.step("<lookup>Peru</lookup><calculator>1+1</calculator>")
+    refused, calculated = info["turns"][1]["calls"]
+    assert not refused["ok"] and "the search budget of this episode (1 searches) is spent" in refused["output"]
+    assert calculated["ok"] and calculated["output"] == "2"
+    *_, info = env.step("<answer>Santiago</answer>")
+    episode = Episode.from_info(info, 0.0)
+    assert episode.tool_calls == {"lookup": 1, "calculator": 1}
+    assert episode_search_record(episode).verdict == "not found"  # Lima was behind the refused search
+    # A budget of 0: no search runs at all.
+    env = ToolEnv([lookup], tokenizer=tokenizer, max_searches=0)
+    env.reset(options=QUESTION)
+    *_, info = env.step("<lookup>Peru</lookup>")
+    assert info["tool_calls"] == {} and "is spent" in info["turns"][0]["calls"][0]["output"]
+
+
+def test_eval_with_search_budgets_adds_a_mode_per_budget(tiny_model_dir, tmp_path):
+    import json
+
+    from agentenv.cli import main
+
+    out = tmp_path / "budgets"
+    assert main(["eval", "--model", str(tiny_model_dir), "--questions", "geo:dev", "--limit", "2", "--mode", "agent",
+                 "rag", "--engine", "transformers", "--max-turn-tokens", "8", "--search-budgets", "0", "2",
+                 "--out", str(out)]) == 0
+    modes = json.loads((out / "summary.json").read_text())["modes"]
+    assert list(modes) == ["rag", "agent", "agent@0", "agent@2"]  # rag's env has no search tool to cut
+    assert modes["agent@0"]["search_budget"] == 0 and modes["agent@2"]["search_budget"] == 2
+    assert modes["agent@0"]["tool_calls"]["search"] == 0.0
+    assert set(modes["agent"]["search"]) >= {"answer_recall", "reading_accuracy", "verdict/found_misread"}
+    assert main(["eval", "--model", str(tiny_model_dir), "--search-budgets", "-1"]) == 2

@@ -386,6 +386,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tool output per turn " + limits.format("the environment's default"))
     parser.add_argument("--passages", type=int, default=None,
                         help="passages per search and for rag (default: the run's, else 3)")
+    parser.add_argument("--search-budgets", type=int, nargs="+", default=None, metavar="K",
+                        help="also evaluate each mode that searches with at most K searches an episode (a search "
+                             "past it reads that the budget is spent), as modes named MODE@K: EM against searches")
     parser.add_argument("--batch-size", type=int, default=32, help="episodes generated together")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output folder (default runs/eval-<time>)")
@@ -473,6 +476,8 @@ def check_inputs(args: argparse.Namespace) -> None:
     env_kwargs_of(args)
     if args.samples < 1:
         raise EvalError(f"--samples must be at least 1, got {args.samples}")
+    if any(budget < 0 for budget in args.search_budgets or ()):
+        raise EvalError(f"--search-budgets are searches per episode, at least 0; got {args.search_budgets}")
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit must be at least 1, got {args.limit}")
     if not args.questions.startswith("geo:") and not Path(args.questions).is_file():
@@ -538,7 +543,13 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     count = max(1, args.batch_size // samples) * samples
     # Every mode's environments are built before any runs, so a keyword one does not take fails at once.
     user_keys = set(env_kwargs_of(args))
-    factories = {mode: mode_factory(mode, mode_spec(mode, run_spec, args), tokenizer, user_keys) for mode in modes}
+    factories = {}
+    for mode in modes:
+        spec = mode_spec(mode, run_spec, args)
+        factories[mode] = mode_factory(mode, spec, tokenizer, user_keys)
+        if args.search_budgets and factories[mode].make(1)[0].passage_tools:
+            for budget in args.search_budgets:
+                factories[f"{mode}@{budget}"] = mode_factory(mode, spec.updated(max_searches=budget), tokenizer, user_keys)
 
     out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -554,6 +565,8 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
                 file.write(json.dumps(record) + "\n")
         summary = summarise(records, tools=list(envs[0].tools))
         summary["seconds"] = round(time.perf_counter() - started, 1)
+        if "@" in mode:
+            summary["search_budget"] = int(mode.rsplit("@", 1)[1])
         summary["env"] = {"spec": factory.spec.to_record(), "limits": factory.limits(),
                           "from": "the run's spec" if is_run_mode(mode, run_spec) else "defaults"}
         if args.best_of:

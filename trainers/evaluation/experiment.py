@@ -56,6 +56,7 @@ class EvalSet:
     questions: str
     limit: int | None = None
     corpus: str | None = None  # a domain of its own: indexed into OUT/indexes/<name>
+    search_budgets: tuple[int, ...] = ()  # agent rows also evaluated with at most k searches an episode
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,14 @@ def load_experiment(path: str | Path, out: str | None = None) -> Experiment:
         raise ConfigError(f"{path}: reference {data['reference']!r} is not a row name ({names})")
     evals = []
     for name, spec in data["evals"].items():
-        unknown = set(spec) - {"questions", "limit", "corpus"}
+        unknown = set(spec) - {"questions", "limit", "corpus", "search_budgets"}
         if "questions" not in spec or unknown:
-            raise ConfigError(f"{path}: evals.{name} needs 'questions' (and may have 'limit', 'corpus'), got {spec!r}")
-        evals.append(EvalSet(str(name), str(spec["questions"]), spec.get("limit"), spec.get("corpus")))
+            raise ConfigError(f"{path}: evals.{name} needs 'questions' (and may have 'limit', 'corpus', "
+                              f"'search_budgets'), got {spec!r}")
+        budgets = spec.get("search_budgets") or []
+        if not isinstance(budgets, list) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in budgets):
+            raise ConfigError(f"{path}: evals.{name}.search_budgets must be a list of searches (integers ≥ 0), got {budgets!r}")
+        evals.append(EvalSet(str(name), str(spec["questions"]), spec.get("limit"), spec.get("corpus"), tuple(budgets)))
     experiment = Experiment(
         out=Path(out or data.get("out") or Path("runs") / path.stem),
         base=str(data["base"]),
@@ -229,8 +234,11 @@ def evaluate_rows(experiment: Experiment, only: list[str] | None = None) -> None
             if checkpoint is None:
                 print(f"experiment: {row.name} waits for run {row.model} to finish training", file=sys.stderr)
                 continue
+            budgets = list(eval_set.search_budgets) if row.mode == "agent" else []
             of = {"checkpoint": checkpoint, "questions": eval_set.questions,
                   "limit": eval_set.limit, "mode": row.mode, "settings": settings}
+            if budgets:
+                of["search_budgets"] = budgets
             if (out / "summary.json").is_file() and (out / "of.json").is_file():
                 previous = json.loads((out / "of.json").read_text())
                 if {k: v for k, v in previous.items() if k != "code"} == of:
@@ -245,6 +253,8 @@ def evaluate_rows(experiment: Experiment, only: list[str] | None = None) -> None
                 argv += ["--limit", str(eval_set.limit)]
             if index is not None:
                 argv += ["--index", str(index)]
+            if budgets:
+                argv += ["--search-budgets", *map(str, budgets)]
             (out / "of.json").unlink(missing_ok=True)
             subprocess.run(argv, check=True)
             (out / "of.json").write_text(json.dumps({**of, "code": code_version()}, indent=2) + "\n")
@@ -319,7 +329,9 @@ def collect(experiment: Experiment) -> dict[str, Any]:
         for row in experiment.rows:
             out = eval_dir(experiment, row, eval_set)
             if (out / "summary.json").is_file():
-                summaries[row.name] = load_summary(out)["modes"][row.mode]
+                modes = load_summary(out)["modes"]
+                summaries[row.name] = {**modes[row.mode], "mode": row.mode, "budgets": {
+                    m.rsplit("@", 1)[1]: s for m, s in modes.items() if m.startswith(f"{row.mode}@")}}
                 of = json.loads((out / "of.json").read_text()) if (out / "of.json").is_file() else {}
                 results.setdefault("code", {})[f"{eval_set.name}/{row.name}"] = of.get("code")
         reference = summaries.get(experiment.reference)
@@ -329,6 +341,15 @@ def collect(experiment: Experiment) -> dict[str, Any]:
                                                    "valid_format", "exact_match_by_kind")}
             entry["tool_calls"] = summary.get("tool_calls", {})
             entry["exact_match_by_class"] = summary.get("exact_match_by_class", {})
+            entry["mode"] = summary["mode"]
+            if summary.get("search"):
+                entry["search"] = summary["search"]  # what the searches did: recall, reading, verdicts
+            # EM with at most k searches an episode: the row's points of EM against searches.
+            entry["search_budgets"] = {
+                k: {"exact_match": s["exact_match"], "exact_match_ci95": s["exact_match_ci95"],
+                    "searches": s.get("tool_calls", {}).get("search", 0.0)}
+                for k, s in sorted(summary["budgets"].items(), key=lambda item: int(item[0]))
+            }
             if reference is not None and name != experiment.reference:
                 diff, low, high, n = paired_difference(summary, reference)
                 entry["reference_minus_row"] = {"em": diff, "ci95": [low, high], "questions": n}
@@ -383,6 +404,25 @@ def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
                     if diff:
                         cell += f"; ref − row {diff['em']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"
                     cells.append(cell)
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        searching = {name: r["search"] for name, r in rows.items() if r.get("search")}
+        if searching:
+            lines += ["", "| what the searches did | searches/episode | answer recall | reading accuracy | no search | "
+                          "not found | found, misread | found, read right | repeated queries |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for name, s in searching.items():
+                lines.append(f"| {name} | {s['per_episode']:.2f} | {s['answer_recall']:.3f} | {s['reading_accuracy']:.3f} | "
+                             f"{s['verdict/no_search']:.3f} | {s['verdict/not_found']:.3f} | {s['verdict/found_misread']:.3f} | "
+                             f"{s['verdict/found_read_right']:.3f} | {s['duplicate_rate']:.3f} |")
+        budgeted = {name: r["search_budgets"] for name, r in rows.items() if r.get("search_budgets")}
+        if budgeted:
+            ks = sorted({int(k) for b in budgeted.values() for k in b})
+            lines += ["", "| EM with at most k searches | " + " | ".join(f"k = {k}" for k in ks) + " | unlimited |",
+                      "|---|" + "---:|" * (len(ks) + 1)]
+            for name, b in budgeted.items():
+                cells = [f"{b[str(k)]['exact_match']:.3f} ({b[str(k)]['searches']:.2f}/q)" if str(k) in b else "—" for k in ks]
+                r = rows[name]
+                cells.append(f"{r['exact_match']:.3f} ({r.get('tool_calls', {}).get('search', 0.0):.2f}/q)")
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for name, r in rows.items():
             if "reference_minus_row" in r:

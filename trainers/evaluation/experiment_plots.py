@@ -5,7 +5,8 @@
   with the training reward beside it, and where a run was scored by a learned reward model
   (``reward.model``) a third panel of that score on the training rollouts and on dev: the reward-
   hacking (Goodhart) picture, a learned score that rises while dev EM does not;
-* ``em-vs-searches.png`` — EM against searches per question, one point per method and set;
+* ``em-vs-searches.png`` — EM against searches per question, one point per method and set (rag at
+  one search, closed-book at none; an agent evaluated with search budgets, a line through k = 0, 1, …);
 * ``em-by-kind.png`` — EM per question kind on each held-out set.
 """
 
@@ -121,17 +122,33 @@ def dev_curve(runs: dict[str, Path], path: Path, window: int = 10) -> Path | Non
     return None if fig is None else _save(fig, path, dpi=120)
 
 
+def searches_per_question(row: dict[str, Any]) -> float:
+    """Where a row sits on the searches axis: rag retrieves once before answering (one search),
+    closed-book never; an agent row, the searches it made."""
+    if row.get("mode") == "rag":
+        return 1.0
+    return row.get("tool_calls", {}).get("search", 0.0)
+
+
 def draw_em_vs_searches(results: dict[str, Any]) -> Figure:
-    """One point per row and held-out set: EM against searches per question."""
+    """One point per row and held-out set: EM (95 % interval) against searches per question; an agent
+    row evaluated with search budgets (``search_budgets``) is a line through its points at k = 0, 1, …
+    searches an episode and its unlimited point."""
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     markers = "osD^v"
     for index, (set_name, block) in enumerate(results["sets"].items()):
         for row_index, (name, r) in enumerate(block["rows"].items()):
-            searches = r.get("tool_calls", {}).get("search", 0.0)  # a row whose env has no search tool: 0
-            ax.scatter(searches, r["exact_match"], marker=markers[index % len(markers)], color=f"C{row_index}",
-                       label=name if index == 0 else None)
-            ax.annotate(set_name, (searches, r["exact_match"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            colour, marker = f"C{row_index % 10}", markers[index % len(markers)]
+            points = [(b["searches"], b["exact_match"], b["exact_match_ci95"]) for b in r.get("search_budgets", {}).values()]
+            points.append((searches_per_question(r), r["exact_match"], r["exact_match_ci95"]))
+            xs, ys, intervals = zip(*sorted(points, key=lambda p: p[0]), strict=True)
+            errors = [[y - low for y, (low, _) in zip(ys, intervals, strict=True)],
+                      [high - y for y, (_, high) in zip(ys, intervals, strict=True)]]
+            ax.errorbar(xs, ys, yerr=errors, fmt=f"{marker}-" if len(xs) > 1 else marker, color=colour, markersize=4,
+                        capsize=2, linewidth=0.8, label=name if index == 0 else None)
+            x, y = searches_per_question(r), r["exact_match"]
+            ax.annotate(set_name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("searches per question")
     ax.set_ylabel("exact match")
     ax.set_ylim(0, 1)
