@@ -152,4 +152,4 @@ def test_em_vs_searches_puts_rag_at_one_search_and_draws_an_agent_s_search_budge
     (ax,) = draw_em_vs_searches(results).axes
     rag_line, agent_line = (c.lines[0] for c in ax.containers)
     assert list(rag_line.get_xdata()) == [1.0]
-    assert list(zip(agent_line.get_xdata(), agent_line.get_ydata())) == [(0.0, 0.2), (0.9, 0.5), (1.4, 0.6)]
+    assert list(zip(agent_line.get_xdata(), agent_line.get_ydata(), strict=True)) == [(0.0, 0.2), (0.9, 0.5), (1.4, 0.6)]
