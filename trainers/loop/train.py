@@ -360,7 +360,6 @@ def train_step(
             if kl is not None:
                 update["kl/to_start"] = kl
         update.update(health)
-    if batch is not None:
         _, times["sync"] = timed(engine.update_weights, policy.model)
     return step_metrics(step, config, policy, engine, run_dir, batch, update, times), ids
 
