@@ -39,7 +39,8 @@ is the cost (measured in the README's health section), the estimate needs few to
 Alerts (``HealthMonitor``) read each step's metrics: the mean over the last ``window`` steps against
 a threshold, or against the first ``window`` steps of the run (a drop). An alert prints one line
 when it starts (and again if it stops and comes back), and every step logs ``health/alerts`` (how
-many are on) and ``health/alert/<name>`` (0 or 1). The README says what to try for each.
+many are on) and ``health/alert/<name>`` (0 or 1). The README says what to try for each. A
+resumed run's alerts start afresh from the step it resumed at.
 """
 
 from __future__ import annotations
