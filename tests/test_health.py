@@ -300,3 +300,17 @@ def test_a_healthy_run_raises_no_alert_and_an_alert_that_clears_can_come_back():
     for value in (1.0, 0.0, 1.0, 0.0):
         names.append([a.name for a in monitor.observe(0, dict(HEALTHY, **{"search/per_episode": value}))[1]])
     assert names == [[], ["searches_to_zero"], [], ["searches_to_zero"]]
+
+
+def test_a_training_run_prints_an_alert_once_and_logs_it_every_step(tmp_path, capsys):
+    # The tiny random model never answers: every group's rewards are equal, which is the alert's shape.
+    run = tmp_path / "run"
+    assert main(["train", "--config", TINY_TEST, "--out", str(run), "--set", "max_steps=3",
+                 "--set", "health.window=1", "--set", "health.kl_every=1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("health alert at step 1: equal_reward_groups: 100% of groups have all-equal rewards") == 1
+    assert "health alert at step 2" not in err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["health/alert/equal_reward_groups"] for r in records] == [1.0, 1.0, 1.0]
+    assert all(r["health/violations"] == 0.0 and r["kl/to_start"] >= 0.0 for r in records)
+    assert {"truncation/turn_budget", "truncation/answer_cut", "episode/format_valid"} <= set(records[0])
