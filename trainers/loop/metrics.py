@@ -252,6 +252,8 @@ def episode_record(step: int, episode: Any) -> dict[str, Any]:
         "policy_tokens": episode.trajectory.count("policy"),
         "total_tokens": len(episode.trajectory),
         "answer": episode.answer,
+        "answer_cut": bool(getattr(episode, "answer_cut", False)),
+        **search_fields(episode),
     }
 
 
