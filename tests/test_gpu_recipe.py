@@ -62,9 +62,12 @@ def test_gpu_recipe_trains_and_syncs_on_cpu(tiny_qwen2, tmp_path):
     assert [s["step"] for s in grpo] == [3, 4]
     # The frozen reference is the policy GRPO starts from (after SFT): KL 0 at the first GRPO step.
     assert grpo[0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert all(s["health/violations"] == 0.0 for s in grpo)
     assert grpo[1]["kl"] > 1e-6  # one optimizer step later the policy has left it
-    # Step 4's rollout was sampled by vLLM after step 3's full-weight sync: the engine's logprobs
-    # of the sampled tokens are the updated trainer's (fp32 on both sides).
+    # Step 3's rollout was sampled by vLLM after the sync that ends SFT, step 4's after step 3's
+    # full-weight sync: the engine's logprobs of the sampled tokens are the trainer's (fp32 on both
+    # sides). Without the first sync, step 3 sampled the policy from before SFT (gap 0.18 nats).
+    assert grpo[0]["logprob_gap/engine_vs_trainer"] < 1e-3
     assert grpo[1]["logprob_gap/engine_vs_trainer"] < 1e-3
     checkpoint = tmp_path / "run" / "checkpoints" / "step_000004" / "model"
     assert json.loads((checkpoint / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]

@@ -263,6 +263,10 @@ def train(
                     optimizer = build_optimizer(policy, config, phase)
                     if policy.reference_model is not None:
                         save_reference(run_dir, model, policy.reference_model)
+                    if rolls_out:
+                        # SFT steps do not sync the engine: without this the mode's first rollout
+                        # would sample the policy from before the warm start.
+                        engine.update_weights(model)
                 phase_steps = sft_steps if phase == "sft" else mode_steps
                 lr = set_learning_rate(optimizer, lr_schedule(config, phase, step_in_phase(step), phase_steps))
                 if rolls_out and phase == config.mode and config.health.kl_every and start_policy is None:
