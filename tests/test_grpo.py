@@ -295,6 +295,28 @@ def test_lora_reference_is_the_model_with_its_adapter_disabled(tokenizer):
     assert later[-1] > 0
 
 
+def test_lora_reference_start_is_the_warm_started_policy_not_the_base_model(tokenizer):
+    import copy
+
+    from agentenv.trainers import algorithms
+
+    # A LoRA policy whose adapter is already trained (init_lora_weights=False: B is not zero), as
+    # after an SFT warm start: the base model is far from it, the frozen copy is the policy itself.
+    model = _policy_model(tokenizer, lora=True)
+    grpo = algorithms.get("grpo")
+    assert grpo.reference_copy(GRPOConfig(kl_beta=0.1, reference="start"), True)
+    assert not grpo.reference_copy(GRPOConfig(kl_beta=0.1), True) and not grpo.reference_copy(GRPOConfig(reference="start"), True)
+    start = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    episodes = _episodes(len(tokenizer))
+    to_start = grpo_update(model, optimizer, episodes, GRPOConfig(kl_beta=0.1, reference="start"), tokenizer.pad_token_id,
+                           reference_model=start)
+    to_base = grpo_update(model, optimizer, episodes, GRPOConfig(kl_beta=0.1), tokenizer.pad_token_id)
+    assert to_start["kl"] == pytest.approx(0.0, abs=1e-7) and to_base["kl"] > 1e-4
+    with pytest.raises(ValueError, match="grpo.reference must be one of"):
+        GRPOConfig(reference="sft").validate()
+
+
 def test_full_finetuning_with_kl_needs_a_reference(tokenizer):
     model = tiny_random_model(tokenizer)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -30,8 +30,10 @@ and the loss aggregates ℓ over the policy tokens (``loss_agg``), with N sequen
 
 β = 0 skips the reference forward pass entirely. The reference is, for full fine-tuning, a frozen
 copy of the policy GRPO starts from (after any SFT warm start, as InstructGPT's reference is its SFT
-model); with LoRA it is the policy with its adapter disabled (no second copy), i.e. the base model
-before any LoRA warm start.
+model); with LoRA, ``reference: base`` (the default) is the policy with its adapter disabled (no
+second copy), i.e. the base model before any LoRA warm start, and ``reference: start`` a frozen copy
+of the policy GRPO starts from, SFT adapter included: the leash that holds a LoRA run near the SFT
+agent it started from (``init_from``) rather than near the model before SFT.
 
 One update (``grpo_update``): compute advantages; optionally drop groups whose rewards are all
 equal (their advantages are zero; DAPO's dynamic sampling, §3.2); compute logπ_old and logπ_ref
@@ -113,6 +115,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from agentenv.trainers.algorithms.logprobs import (
+    REFERENCES,
     PaddedBatch,
     batch_logprobs,
     engine_logprob_gap,
@@ -151,6 +154,9 @@ class GRPOConfig:
     clip_eps_low: float = 0.2  # PPO's ε (Schulman et al. 2017)
     clip_eps_high: float = 0.2  # DAPO's clip-higher uses 0.28
     kl_beta: float = 0.0  # β; 0 skips the reference model
+    # With LoRA, what the KL is to: "base" (the adapter disabled) or "start" (a frozen copy of the
+    # policy GRPO starts from). Full fine-tuning always uses "start".
+    reference: str = "base"
     loss_agg: str = "token-mean"
     max_response_tokens: int | None = None  # L_max of Dr. GRPO; None: the env's token budget
     epochs: int = 1  # μ: passes over each batch
@@ -197,6 +203,8 @@ class GRPOConfig:
                 f"grpo.oversample must be at least 1, got {self.oversample!r}: it is how many times B questions "
                 "a step rolls out to find B groups whose rewards differ"
             )
+        if self.reference not in REFERENCES:
+            raise ValueError(f"grpo.reference must be one of {list(REFERENCES)}, got {self.reference!r}")
         if self.truncated_is not in TRUNCATED_IS:
             raise ValueError(f"grpo.truncated_is must be one of {list(TRUNCATED_IS)}, got {self.truncated_is!r}")
         if not self.truncated_is_cap >= 1:
@@ -508,6 +516,7 @@ register(Algorithm(
     config_class=GRPOConfig,
     update=_update,
     rollout_shape=lambda config: (config.rollout_questions, config.group_size),
-    # With LoRA the KL reference is the adapter disabled; a full fine-tune needs a frozen copy.
-    reference_copy=lambda config, lora_enabled: not lora_enabled and config.kl_beta > 0,
+    # With LoRA the KL reference is the adapter disabled unless reference: start; a full fine-tune
+    # needs a frozen copy.
+    reference_copy=lambda config, lora_enabled: config.kl_beta > 0 and (not lora_enabled or config.reference == "start"),
 ))

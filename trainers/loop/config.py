@@ -185,6 +185,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "grpo.loss_agg": LOSS_AGGREGATIONS,
     "rft.keep": KEEP_RULES,
     "dpo.loss": DPO_LOSSES,
+    "grpo.reference": REFERENCES,
     "dpo.reference": REFERENCES,
     "ppo.reference": REFERENCES,
     "optim.schedule": ("constant", "cosine"),
