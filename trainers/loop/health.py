@@ -225,18 +225,23 @@ def check_rollout_batch(episodes: Sequence[Episode], pad_id: int, config: Health
 
 
 def truncation_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
-    """The share of episodes truncated for each reason (the module docstring's names)."""
+    """The share of episodes truncated for each reason (the module docstring's names), and
+    ``episode/at_length_limit``: those that ran into a turn's or the context's token budget."""
     n = max(len(episodes), 1)
 
     def share(test: Callable[[Episode], bool]) -> float:
         return sum(bool(test(e)) for e in episodes) / n
 
+    def turn_cut(episode: Episode) -> bool:
+        return any(turn.get("cut") for turn in episode.turns)
+
     return {
-        "truncation/turn_budget": share(lambda e: any(turn.get("cut") for turn in e.turns)),
+        "truncation/turn_budget": share(turn_cut),
         "truncation/total_tokens": share(lambda e: e.finish_reason == "max_tokens"),
         "truncation/observation_cut": share(lambda e: any(turn.get("observation_cut") for turn in e.turns)),
         "truncation/turns": share(lambda e: e.finish_reason == "max_turns"),
         "truncation/answer_cut": share(lambda e: e.answer_cut),
+        "episode/at_length_limit": share(lambda e: e.finish_reason == "max_tokens" or turn_cut(e)),
     }
 
 
@@ -393,16 +398,13 @@ class HealthMonitor:
 
 
 def episode_limits(episodes: Sequence[Episode], search_cap: int | None) -> dict[str, float]:
-    """``episode/at_length_limit`` (episodes that ran into a turn's or the context's token budget)
-    and, given a ``search_cap``, ``search/at_cap`` (episodes that made as many searches as one can)."""
+    """Given a ``search_cap``, ``search/at_cap``: the share of episodes that made as many searches
+    as one can; nothing without one."""
     from agentenv.search_behaviour import episode_search_record
 
-    n = max(len(episodes), 1)
-    at_limit = sum(e.finish_reason == "max_tokens" or any(t.get("cut") for t in e.turns) for e in episodes)
-    metrics = {"episode/at_length_limit": at_limit / n}
-    if search_cap:
-        metrics["search/at_cap"] = sum(episode_search_record(e).searches >= search_cap for e in episodes) / n
-    return metrics
+    if not search_cap:
+        return {}
+    return {"search/at_cap": sum(episode_search_record(e).searches >= search_cap for e in episodes) / max(len(episodes), 1)}
 
 
 def search_cap(env: Any) -> int:
