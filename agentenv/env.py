@@ -123,7 +123,7 @@ class ToolEnv(gym.Env):
         truncated: out of turns, out of tokens, or (``on_no_call="end"``) a turn without a call.
         info: ``trajectory``, ``token_ids``, ``policy_mask``, ``tool_calls`` (per tool),
             ``failed_tool_calls``, ``num_turns``, ``turns`` (per policy turn, its ``calls``: tool,
-            arguments, ok, unavailable, output — what process rewards judge), ``answer``, ``format_valid``,
+            arguments, ok, unavailable, output, passages, passage_ids — what process rewards judge), ``answer``, ``format_valid``,
             ``finish_reason`` (None while running), ``reward_components`` (once finished),
             ``truncated_action_tokens`` (tokens cut from this step's action; 0 when it fit),
             ``answer_cut`` (the answer was read from a turn that ran into its token budget; each
@@ -358,12 +358,12 @@ class ToolEnv(gym.Env):
         runnable = {id(call) for call in turn.runnable}
         observations: list[str] = []
         for call in turn.parsed.tool_calls:
-            ok, unavailable = False, False
+            ok, unavailable, passage_ids = False, False, ()
             if call.error is not None:
                 observations.append(f"Error: {call.error}")
             elif id(call) in runnable:
                 output = next(results)
-                ok, unavailable = output.ok, output.unavailable
+                ok, unavailable, passage_ids = output.ok, output.unavailable, output.passage_ids
                 self._tool_calls[call.name] += 1
                 observations.append(output.text)
             elif id(call) in turn.over_budget:
@@ -373,7 +373,8 @@ class ToolEnv(gym.Env):
                 observations.append(f"Error: at most {self.max_calls_per_turn} tool calls per turn; this one was not run.")
             tool = self.tools.get(call.name)
             turn.calls.append({"tool": call.name, "arguments": call.arguments, "ok": ok, "unavailable": unavailable,
-                               "output": observations[-1], "passages": bool(getattr(tool, "returns_passages", False))})
+                               "output": observations[-1], "passages": bool(getattr(tool, "returns_passages", False)),
+                               "passage_ids": list(passage_ids)})
         return observations
 
     def _room(self) -> int:

@@ -11,6 +11,8 @@ A search is a call to a tool that returns passages (``Tool.returns_passages``: t
                            (Jaccard of the word sets)
     question copies        queries that are the question itself, normalised
     found                  a gold answer appears, as whole words, in something a search returned
+    gold passages found    of the passages the question needs (its ``entities``, where the data
+                           names them), how many a search returned (by id: ``Retrieved`` results)
     verdict                "no search" · "not found" (searched, never saw a gold answer)
                            · "found, read right" (saw it, answered it: EM 1)
                            · "found, misread" (saw it, answered something else)
@@ -21,6 +23,9 @@ different fixes (the retriever and the queries, or reading). Over many episodes 
     search/per_episode           searches per episode; search/episodes_with_{0,1,2,3+}: the histogram
     search/duplicate_rate        duplicate queries / queries   (and near_duplicate_rate, question_copy_rate)
     search/answer_recall         episodes that found a gold answer / episodes that searched
+    search/passage_recall        gold passages returned / gold passages needed, over the episodes
+                                 that searched for a question that names them (a two-hop question
+                                 needs two: 0.5 is "found the first hop only")
     search/reading_accuracy      EM over the episodes that found it
     search/verdict/<verdict>     the share of episodes with each verdict (no_search, not_found,
                                  found_read_right, found_misread; they sum to 1)
@@ -75,9 +80,14 @@ class SearchRecord:
     question_copies: int
     found: bool
     verdict: str
+    gold_passages: int = 0
+    gold_passages_found: int = 0
 
 
-def search_record(turns: Sequence[Turn], question: str, gold_answers: Sequence[str], answer: str | None) -> SearchRecord:
+def search_record(
+    turns: Sequence[Turn], question: str, gold_answers: Sequence[str], answer: str | None,
+    gold_passages: Sequence[str] = (),
+) -> SearchRecord:
     """What one episode's searches did (the module docstring's fields)."""
     calls = [call for turn in turns for call in passage_calls(turn)]
     question_text = normalize_answer(question)
@@ -93,19 +103,22 @@ def search_record(turns: Sequence[Turn], question: str, gold_answers: Sequence[s
         seen.append(query)
     ran = [call for call in calls if call["ok"]]
     found = any(contains_answer(call["output"], gold_answers) for call in ran)
+    retrieved = {str(i) for call in ran for i in call.get("passage_ids", ())}
+    needed = {str(p) for p in gold_passages}
     if not ran:
         verdict = "no search"
     elif not found:
         verdict = "not found"
     else:
         verdict = "found, read right" if exact_match(answer, gold_answers) else "found, misread"
-    return SearchRecord(len(ran), len(calls), duplicates, near, copies, found, verdict)
+    return SearchRecord(len(ran), len(calls), duplicates, near, copies, found, verdict, len(needed), len(needed & retrieved))
 
 
 def episode_search_record(episode: Any) -> SearchRecord:
     """``search_record`` of an ``Episode`` (or anything with ``turns``, ``question``, ``answer``)."""
     question = episode.question or {}
-    return search_record(episode.turns, question.get("question", ""), question.get("answers", ()), episode.answer)
+    return search_record(episode.turns, question.get("question", ""), question.get("answers", ()), episode.answer,
+                         question.get("entities") or ())
 
 
 def search_metrics(records: Sequence[SearchRecord], prefix: str = "search/") -> dict[str, float]:
@@ -124,6 +137,9 @@ def search_metrics(records: Sequence[SearchRecord], prefix: str = "search/") -> 
     metrics[f"{prefix}near_duplicate_rate"] = sum(r.near_duplicate_queries for r in records) / max(queries, 1)
     metrics[f"{prefix}question_copy_rate"] = sum(r.question_copies for r in records) / max(queries, 1)
     metrics[f"{prefix}answer_recall"] = len(found) / len(searched) if searched else 0.0
+    named = [r for r in searched if r.gold_passages]
+    if named:
+        metrics[f"{prefix}passage_recall"] = sum(r.gold_passages_found for r in named) / sum(r.gold_passages for r in named)
     metrics[f"{prefix}reading_accuracy"] = (
         sum(r.verdict == "found, read right" for r in found) / len(found) if found else 0.0
     )

@@ -8,7 +8,7 @@ import pytest
 from agentenv import ToolEnv
 from agentenv.search_behaviour import episode_search_record, search_metrics
 from agentenv.tools import Tool, calculator, tool
-from agentenv.tools.base import ToolError
+from agentenv.tools.base import Retrieved, ToolError
 from agentenv.trainers.evaluation.evaluate import format_table, summarise
 from agentenv.trainers.evaluation.viewer import render_episode
 from agentenv.trainers.loop.metrics import transcript
@@ -85,6 +85,41 @@ def test_the_aggregates_over_a_batch(tokenizer):
     assert metrics["search/reading_accuracy"] == pytest.approx(1 / 2)
     shares = {k.removeprefix("search/verdict/"): v for k, v in metrics.items() if k.startswith("search/verdict/")}
     assert shares == {"no_search": 0.25, "not_found": 0.25, "found_read_right": 0.25, "found_misread": 0.25}
+
+
+ATLAS = {"coral springs": ("city:1", "Coral Springs is a city in the United States."),
+         "united states": ("country:US", "Washington is the capital of the United States.")}
+TWO_HOP = {"id": "q2", "question": "Coral Springs is in a country; what is its capital?", "answers": ["Washington"],
+           "entities": ["city:1", "country:US"]}
+
+
+@tool(returns_passages=True)
+def atlas(query: str) -> Retrieved:
+    """Look a place up.
+
+    Args:
+        query: A place name.
+    """
+    found = [passage for name, passage in ATLAS.items() if name in query.lower()]
+    return Retrieved(" ".join(text for _, text in found) or "Nothing found.", tuple(pid for pid, _ in found))
+
+
+def test_passage_recall_counts_the_gold_passages_a_search_returned_by_id(tokenizer):
+    def episode(question, actions):
+        env = ToolEnv([atlas], tokenizer=tokenizer, max_turns=4)
+        env.reset(options=question)
+        for action in actions:
+            *_, info = env.step(action)
+        return Episode.from_info(info, 0.0)
+
+    both = episode(TWO_HOP, ["<atlas>Coral Springs</atlas>", "<atlas>United States</atlas>", "<answer>Washington</answer>"])
+    first_hop = episode(TWO_HOP, ["<atlas>Coral Springs</atlas>", "<atlas>Coral Springs</atlas>", "<answer>Miami</answer>"])
+    unnamed = episode(QUESTION, ["<atlas>United States</atlas>", "<answer>Lima</answer>"])  # names no passages
+    records = [episode_search_record(e) for e in (both, first_hop, unnamed)]
+    assert [(r.gold_passages, r.gold_passages_found) for r in records] == [(2, 2), (2, 1), (0, 0)]
+    assert search_metrics(records)["search/passage_recall"] == pytest.approx(3 / 4)
+    # Without named passages (or a tool that returns bare strings) there is nothing to report.
+    assert "search/passage_recall" not in search_metrics(records[2:])
 
 
 def test_a_tool_that_does_not_return_passages_is_not_a_search(tokenizer):

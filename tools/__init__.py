@@ -1,9 +1,9 @@
 """Tools an agent can call: the protocol, the calculator, BM25 search (local or over HTTP)."""
 
-from agentenv.tools.base import Tool, ToolError, ToolOutput, ToolUnavailable, tool
+from agentenv.tools.base import Retrieved, Tool, ToolError, ToolOutput, ToolUnavailable, tool
 from agentenv.tools.calculator import calculator
 
-__all__ = ["BM25Index", "RetrieverClient", "Tool", "ToolError", "ToolOutput", "ToolUnavailable", "calculator", "search_tool", "tool"]
+__all__ = ["BM25Index", "Retrieved", "RetrieverClient", "Tool", "ToolError", "ToolOutput", "ToolUnavailable", "calculator", "search_tool", "tool"]
 
 # Retrieval pulls in tantivy and httpx; import it only when asked for.
 _LAZY = {

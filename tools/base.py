@@ -52,13 +52,32 @@ class ToolUnavailable(ToolError):
 
 
 @dataclass(frozen=True)
+class Retrieved:
+    """What a tool that returns passages may return instead of a string: the observation the policy
+    reads, and the ids of the passages in it, which the policy never sees but process rewards and
+    search metrics read (did the search return the passage the question needs?)."""
+
+    text: str
+    ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ToolOutput:
     """One observation. ``ok`` is False when the call failed, so rewards can count bad calls;
-    ``unavailable`` when it failed because the tool was down, not because of the call."""
+    ``unavailable`` when it failed because the tool was down, not because of the call;
+    ``passage_ids`` the passages the observation holds (a ``Retrieved`` result's ids)."""
 
     text: str
     ok: bool = True
     unavailable: bool = False
+    passage_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, result: str | Retrieved) -> ToolOutput:
+        """A tool function's successful result as an observation."""
+        if isinstance(result, Retrieved):
+            return cls(result.text, passage_ids=tuple(str(i) for i in result.ids))
+        return cls(str(result))
 
 
 @dataclass
@@ -69,7 +88,8 @@ class Tool:
     optional: tools that amortise work across calls (one BM25 query matrix, one HTTP request)
     provide it, and the rollout driver sends every call of a turn through it at once. It returns
     one item per call, a string or a ``ToolError`` for a call that failed alone; raising
-    ``ToolError`` fails the whole batch (every call gets the message).
+    ``ToolError`` fails the whole batch (every call gets the message). A tool that returns
+    passages may return ``Retrieved(text, ids)`` where it would return a string.
 
     Left as None, ``description`` and ``parameters`` are read from the function's type hints and
     docstring the first time they are asked for, so that defining a tool (the calculator, at
@@ -135,7 +155,8 @@ class Tool:
         return required[0] if required else None
 
     def __call__(self, **arguments: Any) -> str:
-        return self.function(**arguments)
+        result = self.function(**arguments)
+        return result.text if isinstance(result, Retrieved) else result
 
     def validate(self, arguments: Any) -> str | None:
         """Return an error message for arguments that do not fit the schema, or None."""
@@ -177,7 +198,7 @@ class Tool:
                 results = None
             if results is not None:
                 for i, result in zip(valid, results, strict=True):
-                    outputs[i] = self._error(result) if isinstance(result, ToolError) else ToolOutput(str(result))
+                    outputs[i] = self._error(result) if isinstance(result, ToolError) else ToolOutput.of(result)
                 valid = []
         for i in valid:
             outputs[i] = self._run_one(calls[i])
@@ -188,7 +209,7 @@ class Tool:
 
     def _run_one(self, arguments: dict[str, Any]) -> ToolOutput:
         try:
-            return ToolOutput(str(self.function(**arguments)))
+            return ToolOutput.of(self.function(**arguments))
         except ToolError as error:
             return self._error(error)
         except Exception as error:  # noqa: BLE001 - a tool bug must not crash the rollout

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from agentenv.tools.base import Tool, ToolError, ToolUnavailable
+from agentenv.tools.base import Retrieved, Tool, ToolError, ToolUnavailable
 from agentenv.tools.bm25 import Hit
 from agentenv.tools.retrieval_client import RetrieverError
 
@@ -126,9 +126,9 @@ def search_tool(
             return ToolError(f"query is {len(query)} characters long; the limit is {max_query_chars}")
         return None
 
-    def search_many(calls: list[dict[str, Any]]) -> list[str | ToolError]:
+    def search_many(calls: list[dict[str, Any]]) -> list[Retrieved | ToolError]:
         """One retriever call for the good queries; a bad query fails alone, a dead retriever fails all."""
-        results: list[str | ToolError | None] = [problem(call["query"]) for call in calls]
+        results: list[Retrieved | ToolError | None] = [problem(call["query"]) for call in calls]
         good = [i for i, result in enumerate(results) if result is None]
         if good:
             try:
@@ -136,10 +136,10 @@ def search_tool(
             except RetrieverError as error:
                 raise ToolUnavailable(f"search failed: {error}") from None
             for i, passages in zip(good, hits, strict=True):
-                results[i] = format_passages(passages, max_tokens, count_tokens)
+                results[i] = Retrieved(format_passages(passages, max_tokens, count_tokens), tuple(hit.id for hit in passages))
         return results
 
-    def search(query: str) -> str:
+    def search(query: str) -> Retrieved:
         """Search the knowledge corpus and return the most relevant passages.
 
         Args:

@@ -70,11 +70,11 @@ def process_credits(episodes: list[Any], weights: dict[str, float]) -> tuple[lis
     per-turn mean of every term (``process/<term>``); None without process terms."""
     if not weights:
         return None
-    from agentenv.process_rewards import token_credits, turn_terms, weighted_credits
+    from agentenv.process_rewards import Gold, token_credits, turn_terms, weighted_credits
 
     per_token, per_turn = [], []
     for episode in episodes:
-        terms = turn_terms(episode.turns, episode.question["answers"], list(weights))
+        terms = turn_terms(episode.turns, Gold.of(episode.question), list(weights))
         per_token.append(token_credits(episode.trajectory, weighted_credits(terms, weights)))
         per_turn.extend(terms)
     means = {f"process/{name}": sum(t[name] for t in per_turn) / max(len(per_turn), 1) for name in weights}
