@@ -165,3 +165,46 @@ def test_a_grpo_run_logs_every_episode_and_diagnose_reads_it(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "## Drift by class" in printed and "## The push by episode length" in printed
     assert json.loads((tmp_path / "report.json").read_text())["episodes"] == 8
+
+
+def test_unsolved_questions_are_tried_again_first_and_the_queue_survives_a_resume(tmp_path):
+    """The tiny random model answers nothing right, so every group is unsolved: with a share of 0.5
+    of B 2, each step retries the oldest queued question once, then drops it."""
+    settings = [*TINY_SEARCH, "rollout.retry_unsolved_share=0.5", "rollout.retry_unsolved_times=1"]
+    train(load_config(None, [*settings, "max_steps=3"]), tmp_path / "whole")
+    records = _records(tmp_path / "whole")
+    ids = [r["data/question_ids"] for r in records]
+    assert ids[1][0] == ids[0][0] and ids[2][0] == ids[0][1]  # retried first, oldest first
+    assert len({ids[0][1], ids[1][1], ids[2][1]} | {ids[0][0]}) == 4  # the rest come from the order
+    assert [r["rollout/retried_questions"] for r in records] == [0.0, 1.0, 1.0]
+    assert [r["rollout/unsolved_queue"] for r in records] == [2.0, 2.0, 2.0]  # one out (tried twice), one in
+    train(load_config(None, [*settings, "max_steps=2"]), tmp_path / "parts")
+    train(load_config(None, [*settings, "max_steps=3"]), tmp_path / "parts", resume=True)
+    assert _records(tmp_path / "parts")[2]["data/question_ids"] == ids[2]
+
+
+def test_the_retry_queue_keeps_only_unsolved_questions_up_to_their_limit(tokenizer):
+    from agentenv import ToolEnv
+    from agentenv.tools import calculator
+    from agentenv.trainers.loop.build import UnsolvedRetries
+    from agentenv.trajectory import Episode
+
+    def episode(group, answer):
+        env = ToolEnv([calculator], tokenizer=tokenizer)
+        env.reset(options={"question": "What is 2+2?", "answers": ["4"]})
+        *_, info = env.step(f"<answer>{answer}</answer>")
+        return Episode.from_info(info, 0.0, group=group)
+
+    retries = UnsolvedRetries(share=0.5, times=2)
+    retries.record([10, 11], [episode(0, "4"), episode(0, "5"), episode(1, "5"), episode(1, "3")])
+    assert retries.queue == [[11, 0]]  # question 10 had a right answer
+    for expected_queue in ([[11, 1]], []):  # retried twice, then dropped
+        assert retries.take(4) == [11]
+        retries.record([11, 12], [episode(0, "5"), episode(1, "4")])
+        assert retries.queue == expected_queue
+    assert UnsolvedRetries(share=0.0, times=1, queue=[[3, 0]]).take(8) == []
+
+
+def test_retrying_unsolved_questions_with_prefetched_rollouts_is_a_config_error():
+    with pytest.raises(ConfigError, match="retry_unsolved_share needs rollout.off_policy_steps: 0"):
+        load_config(None, ["rollout.off_policy_steps=1", "engine.workers=1", "rollout.retry_unsolved_share=0.5"])

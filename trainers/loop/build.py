@@ -4,6 +4,7 @@ what its objective trains beside it, the one optimizer, the rollout engine, the 
 from __future__ import annotations
 
 import copy
+import math
 import random
 import sys
 from dataclasses import dataclass, field
@@ -278,3 +279,39 @@ class QuestionOrder:
             epoch, offset = divmod(position, self.num_questions)
             indices.append(int(self._epoch(epoch)[offset]))
         return indices
+
+
+class UnsolvedRetries:
+    """Questions whose last group had no right answer, queued to be rolled out again
+    (``rollout.retry_unsolved_share``, ``retry_unsolved_times``); ``queue`` is all its state.
+
+    A step takes up to ``share`` of its questions from the front of the queue (the oldest first) and
+    the rest from the question order; after the rollout, each question of the step whose group held
+    no exact match goes to the back of the queue, unless it has been retried ``times`` times.
+    """
+
+    def __init__(self, share: float, times: int, queue: list[list[int]] | None = None):
+        self.share, self.times = share, times
+        self.queue: list[list[int]] = [list(entry) for entry in queue or []]  # [question index, retries so far]
+        self._taken: dict[int, int] = {}
+
+    def take(self, count: int) -> list[int]:
+        """Up to ``share`` × ``count`` queued question indices for this step (none while off)."""
+        room = math.floor(self.share * count + 1e-9)
+        taken, self.queue = self.queue[:room], self.queue[room:]
+        self._taken = {index: retries for index, retries in taken}
+        return [index for index, _ in taken]
+
+    def record(self, indices: list[int], episodes: list[Any]) -> None:
+        """Queue the step's questions (``indices``, in group order) that no episode answered right."""
+        if not self.share:
+            return
+        solved = [False] * len(indices)
+        for episode in episodes:
+            solved[episode.group] = solved[episode.group] or episode.reward_components.get("exact_match", 0.0) >= 1.0
+        for index, right in zip(indices, solved, strict=True):
+            retried = self._taken.get(index)  # retries before this step's try; None: a fresh question
+            done = 0 if retried is None else retried + 1
+            if not right and done < self.times:
+                self.queue.append([index, done])
+

@@ -85,6 +85,13 @@ class RolloutConfig:
     # engine's logprobs (trainers/algorithms/grpo.py's docstring). mode: grpo with engine.workers > 0 only.
     # 0: every step samples with the weights it then updates (on-policy).
     off_policy_steps: int = 0
+    # > 0: up to this share of each step's rolled-out questions are questions whose last group had
+    # no right answer, oldest first, each tried at most retry_unsolved_times times more: further
+    # draws where a group of G rarely holds a success (two-hop questions, mostly). The retried
+    # questions come first in the step, so dynamic sampling (grpo.oversample) trains on them first
+    # when their group turns out informative.
+    retry_unsolved_share: float = 0.0
+    retry_unsolved_times: int = 1
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,8 @@ RANGES: dict[str, Range] = {
     "logging.transcripts_per_step": Range(0),
     "eval.every": Range(0),
     "eval.batch_size": Range(1),
+    "rollout.retry_unsolved_share": Range(0, 1),
+    "rollout.retry_unsolved_times": Range(1),
     "checkpoint.every": Range(1),
     "checkpoint.keep_last": Range(1),
     "grpo.truncated_is_cap": Range(1),
@@ -444,6 +453,11 @@ def validate(config: TrainConfig) -> None:
         ) if missing]
         if needs:
             raise ConfigError(f"rollout.off_policy_steps: 1 needs {'; '.join(needs)}")
+        if config.rollout.retry_unsolved_share:
+            raise ConfigError(
+                "rollout.retry_unsolved_share needs rollout.off_policy_steps: 0: a prefetched step's questions are "
+                "drawn before the step before it shows which questions went unsolved"
+            )
     if config.eval.limit is not None and config.eval.limit < 1:
         raise ConfigError(f"eval.limit: {config.eval.limit!r} is too small; it must be at least 1, or null for all")
     for section in (getattr(config, name) for name in ALGORITHMS):

@@ -3,7 +3,8 @@
 One step, whatever the ``mode:`` (each objective is a registered ``Algorithm``, trainers/algorithms/)::
 
     lr        = base rate × schedule(step)                              # set here, once a step
-    questions = the next B question ids of a seeded, epoch-wise shuffled order (a cursor into it)
+    questions = the next B question ids of a seeded, epoch-wise shuffled order (a cursor into it),
+                after any of the questions that went unsolved, queued to be tried again
     episodes  = rollout(engine, B·G environments, questions, G)         # trainers/rollout/
                 (SFT: the environment's oracle plays each question once;
                  engine.workers: N → the same on N Ray workers;
@@ -42,6 +43,7 @@ from agentenv.trainers import algorithms
 from agentenv.trainers.algorithms.update import set_learning_rate
 from agentenv.trainers.loop.build import (
     QuestionOrder,
+    UnsolvedRetries,
     build_engine,
     build_optimizer,
     engine_lower_precision,
@@ -209,6 +211,7 @@ def train(
     questions = envs[0].questions
     spec.save(run_dir)
     order = QuestionOrder(len(questions), config.seed)
+    retries = UnsolvedRetries(config.rollout.retry_unsolved_share, config.rollout.retry_unsolved_times)
     policy = load_policy(config, tokenizer)
     model = policy.model
 
@@ -227,6 +230,7 @@ def train(
         for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
             group["base_lr"] = rate
         step, order.cursor = state["step"], state["cursor"]
+        retries.queue = [list(entry) for entry in state.get("retry_queue", [])]
         if item_order is not None:
             item_order.cursor = state.get("item_cursor", state.get("pair_cursor", 0))
         print(f"agentenv train: resumed from {checkpoint} (step {step})", file=sys.stderr)
@@ -273,7 +277,7 @@ def train(
                     start_policy = StartPolicy(model, run_dir)  # the mode's first step, or the saved one
                 started = time.perf_counter()
                 metrics, ids = train_step(step, phase, config, policy, optimizer, engine, envs, questions, order,
-                                          items, item_order, total_steps, run_dir, start_policy)
+                                          items, item_order, total_steps, run_dir, start_policy, retries)
                 metrics["phase"] = phase
                 metrics["data/question_ids"] = ids
                 metrics["data/cursor"] = order.cursor
@@ -291,7 +295,7 @@ def train(
                 progress.update(1)
                 progress.set_postfix({k: f"{metrics[m]:.3f}" for k, m in _POSTFIX.items() if m in metrics})
                 if step % config.checkpoint.every == 0 or step == total_steps or stop.requested:
-                    state = {"cursor": order.cursor, "phase": phase}
+                    state = {"cursor": order.cursor, "phase": phase, "retry_queue": retries.queue}
                     if item_order is not None:
                         state["item_cursor"] = item_order.cursor
                     saved = save_checkpoint(
@@ -317,19 +321,21 @@ def train_step(
     step: int, phase: str, config: TrainConfig, policy: Any, optimizer: torch.optim.Optimizer, engine: Any,
     envs: list[Any], questions: list[dict[str, Any]], order: QuestionOrder, items: list[Any] | None,
     item_order: QuestionOrder | None, total_steps: int, run_dir: Path, start_policy: StartPolicy | None = None,
+    retries: UnsolvedRetries | None = None,
 ) -> tuple[dict[str, Any], list[Any]]:
     """One step of ``phase``'s objective: its episodes (rolled out, the oracle's, or offline items),
     checked (health.py), its update, the weight sync; returns the step's metrics and the ids of what
     it trained on."""
     algorithm = algorithms.get(phase)
     config_section = section(config, phase)
-    batch, step_items, times, credits = None, None, {}, None
+    batch, step_items, times, credits, retry_metrics = None, None, {}, None, {}
     if phase != "sft" and items is not None:
         step_items = [items[i] for i in item_order.take(algorithm.offline_items_per_step(config_section))]
         episodes, ids = [], [(getattr(item, "question", None) or {}).get("id") for item in step_items]
     else:
         B, G = algorithm.rollout_shape(config_section)
-        indices = order.take(B)
+        retried = retries.take(B) if retries is not None and not algorithm.plays_oracle else []
+        indices = retried + order.take(B - len(retried))
         step_questions = [questions[i] for i in indices]
         ids = [questions[i].get("id", i) for i in indices]
         if algorithm.plays_oracle:
@@ -340,6 +346,9 @@ def train_step(
                 prefetch_ahead(config, engine, envs[0], step, G, step_questions, upcoming)
             batch, times["rollout"] = timed(sample, step, config, policy, engine, envs, step_questions, G)
             episodes = batch.episodes
+            if retries is not None and retries.share:
+                retries.record(indices, episodes)
+                retry_metrics = {"rollout/retried_questions": float(len(retried)), "rollout/unsolved_queue": float(len(retries.queue))}
             credits = process_credits(episodes, config.reward.process)
             health, times["health"] = timed(check_rollout_batch, episodes, policy.tokenizer.pad_token_id, config.health, step)
             health.update(episode_limits(episodes, search_cap(envs[0]) if batch.passage_tools else None))
@@ -364,6 +373,7 @@ def train_step(
             if kl is not None:
                 update["kl/to_start"] = kl
         update.update(health)
+        update.update(retry_metrics)
         _, times["sync"] = timed(engine.update_weights, policy.model)
     return step_metrics(step, config, policy, engine, run_dir, batch, update, times), ids
 
