@@ -175,3 +175,20 @@ def test_only_trains_and_evaluates_the_named_runs(tmp_path, capsys):
     assert sorted(p.parent.name for p in out.glob("eval/*/*/summary.json")) == ["rag--sft"]  # slug("rag (SFT)")
     results = json.loads((out / "results.json").read_text())
     assert list(results["sets"]["geo"]["rows"]) == ["rag (SFT)"]  # the report covers what was evaluated
+
+
+def test_the_report_adds_gold_passage_recall_where_a_row_measured_it(tmp_path):
+    from agentenv.trainers.evaluation.experiment import Experiment, Row, format_report
+
+    search = {"per_episode": 1.5, "answer_recall": 0.6, "reading_accuracy": 0.7, "verdict/no_search": 0.0,
+              "verdict/not_found": 0.4, "verdict/found_misread": 0.18, "verdict/found_read_right": 0.42,
+              "duplicate_rate": 0.01}
+    row = {"questions": 10, "exact_match": 0.42, "exact_match_ci95": [0.2, 0.6], "f1": 0.45, "valid_format": 1.0,
+           "tool_calls": {"search": 1.5}, "exact_match_by_class": {}}
+    rows = {"agent": {**row, "search": {**search, "passage_recall": 0.75}}, "old agent": {**row, "search": search}}
+    experiment = Experiment(tmp_path, "base.yaml", {}, [Row("agent", "m", "agent"), Row("old agent", "m", "agent")], [], "agent")
+    table = format_report(experiment, {"sets": {"geo": {"questions": "geo:dev", "rows": rows}}, "budgets": {}})
+    assert "| answer recall | gold passage recall | reading accuracy |" in table
+    assert "| agent | 1.50 | 0.600 | 0.750 | 0.700 |" in table and "| old agent | 1.50 | 0.600 | — | 0.700 |" in table
+    del rows["agent"]["search"]["passage_recall"]
+    assert "gold passage recall" not in format_report(experiment, {"sets": {"geo": {"questions": "geo:dev", "rows": rows}}, "budgets": {}})

@@ -407,11 +407,15 @@ def format_report(experiment: Experiment, results: dict[str, Any]) -> str:
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
         searching = {name: r["search"] for name, r in rows.items() if r.get("search")}
         if searching:
-            lines += ["", "| what the searches did | searches/episode | answer recall | reading accuracy | no search | "
+            # Gold-passage recall only where the questions name their passages and the searches recorded ids.
+            passages = any("passage_recall" in s for s in searching.values())
+            lines += ["", "| what the searches did | searches/episode | answer recall | "
+                          + "gold passage recall | " * passages + "reading accuracy | no search | "
                           "not found | found, misread | found, read right | repeated queries |",
-                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "|---|---:|---:|" + "---:|" * passages + "---:|---:|---:|---:|---:|---:|"]
             for name, s in searching.items():
-                lines.append(f"| {name} | {s['per_episode']:.2f} | {s['answer_recall']:.3f} | {s['reading_accuracy']:.3f} | "
+                recall = (f"{s['passage_recall']:.3f} | " if "passage_recall" in s else "— | ") if passages else ""
+                lines.append(f"| {name} | {s['per_episode']:.2f} | {s['answer_recall']:.3f} | {recall}{s['reading_accuracy']:.3f} | "
                              f"{s['verdict/no_search']:.3f} | {s['verdict/not_found']:.3f} | {s['verdict/found_misread']:.3f} | "
                              f"{s['verdict/found_read_right']:.3f} | {s['duplicate_rate']:.3f} |")
         budgeted = {name: r["search_budgets"] for name, r in rows.items() if r.get("search_budgets")}
