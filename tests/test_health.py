@@ -144,6 +144,34 @@ def test_a_large_engine_trainer_gap_is_named_and_strict_false_only_warns(rolled,
     assert check_gap(update, HealthConfig(logprob_gap_max_limit=10.0, logprob_gap_mean_limit=1.0)) == []
 
 
+@pytest.mark.parametrize("mode", ["rloo", "ppo"])
+def test_rloo_and_ppo_report_the_engine_trainer_gap_too(rolled, tokenizer, model, mode):
+    """The same 8-nat token as above, under the other on-policy objectives: the health check reads
+    their gap as it reads GRPO's. RLOO's one pass skips samples without advantage, so the shifted
+    episode has one (rewards alternate within each group)."""
+    from agentenv.trainers.algorithms.ppo import PPOConfig, ValueHead, ppo_update
+    from agentenv.trainers.algorithms.rloo import RLOOConfig, rloo_update
+
+    shifted = []
+    for i, episode in enumerate(rolled):
+        logprobs = list(episode.engine_logprobs)
+        if i == 2:
+            logprobs[0] -= 8.0
+        copy = replace(episode, trajectory=Trajectory(list(episode.trajectory.segments)), reward=float(i % 2))
+        copy.engine_logprobs = logprobs
+        shifted.append(copy)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    if mode == "rloo":
+        update = rloo_update(model, optimizer, shifted, RLOOConfig(samples_per_question=2), tokenizer.pad_token_id)
+    else:
+        head = ValueHead(model.config.hidden_size)
+        optimizer = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.0)
+        update = ppo_update(model, head, optimizer, shifted, PPOConfig(samples_per_question=2, kl_coef=0.0), tokenizer.pad_token_id)
+    assert update["logprob_gap/engine_vs_trainer_max"] == pytest.approx(8.0, abs=1e-3)
+    assert update["logprob_gap/engine_vs_trainer_worst"]["row"] == 2
+    assert [v.invariant for v in check_gap(update, HealthConfig())] == ["gap", "gap"]
+
+
 RETOKENIZING = '''
 import gymnasium as gym
 from agentenv.envs import CalculatorEnv, arithmetic_questions

@@ -302,10 +302,15 @@ class LogprobGap:
                 "logprob_gap/engine_vs_trainer_worst": worst}
 
 
-def engine_logprob_gap(episodes: Sequence[Episode], batch: PaddedBatch, trainer_logp: torch.Tensor) -> LogprobGap | None:
-    """The gap over policy tokens of the episodes with engine logprobs; None when none has them."""
+def engine_logprob_gap(
+    episodes: Sequence[Episode], batch: PaddedBatch, trainer_logp: torch.Tensor, rows: Sequence[int] | None = None,
+) -> LogprobGap | None:
+    """The gap over policy tokens of the episodes with engine logprobs (of ``rows`` only, where the
+    trainer read only those); None when none has them."""
     total, count, worst = 0.0, 0, (-1.0, 0, 0)
-    for row, episode in enumerate(episodes):
+    read = range(len(episodes)) if rows is None else rows
+    for row in read:
+        episode = episodes[row]
         if episode.engine_logprobs is None:
             continue
         positions = policy_columns(episode, batch)

@@ -61,6 +61,7 @@ from agentenv.trainers.algorithms.logprobs import (
     PaddedBatch,
     batch_logprobs,
     decoder_and_head,
+    engine_logprob_gap,
     masked_logprobs,
     micro_batches,
     pad_episodes,
@@ -345,6 +346,10 @@ def ppo_update(
             **trained_stats(sums["first_epoch_tokens"], len(batch), sum(len(e.token_ids) for e in episodes)),
         }
     )
+    # logπ_old is the trainer's own pass before the update: the engine-vs-trainer gap (health.py).
+    gap = engine_logprob_gap(episodes, batch, old_logp)
+    if gap is not None:
+        metrics.update(gap.metrics(episodes))
     return metrics
 
 

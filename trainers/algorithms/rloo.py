@@ -46,6 +46,7 @@ import torch
 
 from agentenv.trainers.algorithms.logprobs import (
     batch_logprobs,
+    engine_logprob_gap,
     micro_batches,
     pad_episodes,
     reference_context,
@@ -159,6 +160,10 @@ def rloo_update(
 
     model.train()
     sums = {"tokens": 0.0, "ratio": 0.0, "entropy": 0.0}
+    # The trainer's logπ before the update, for the engine-vs-trainer gap (health.py checks it):
+    # logπ_old where it was computed, else read from the first epoch's forward passes, which
+    # skip the samples with no advantage.
+    trainer_logp = old_logp if old_logp is not None else torch.zeros(len(batch), batch.input_ids.shape[1] - batch.start)
 
     def micro_loss(epoch: int, minibatch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         width = int(batch.lengths[rows].max())
@@ -168,6 +173,8 @@ def rloo_update(
             with_entropy=epoch == 0, target_mask=rows_mask,
         )
         old = logp.detach() if old_logp is None else old_logp[rows, : width - batch.start]
+        if epoch == 0 and old_logp is None:
+            trainer_logp[rows, : width - batch.start] = logp.detach().float()
         token_loss, ratio = rloo_token_loss(logp, old, advantages[rows], config.clip_eps)
         if epoch == 0:
             sums["tokens"] += rows_mask.sum().item()
@@ -193,6 +200,10 @@ def rloo_update(
             **trained_stats(sums["tokens"], int(live.sum()), forwarded_tokens),
         }
     )
+    read = None if old_logp is not None else live.nonzero().flatten().tolist()
+    gap = engine_logprob_gap(episodes, batch, trainer_logp, rows=read)
+    if gap is not None:
+        metrics.update(gap.metrics(episodes))
     return metrics
 
 
