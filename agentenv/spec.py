@@ -81,7 +81,7 @@ class EnvSpec:
         """The spec a training run (or one of its checkpoints) trained in: its ``env_spec.json``,
         or, for a run from before that file, the ``env`` and ``reward`` of its ``config.yaml``;
         None for a path that is no run (a model folder, a hub id)."""
-        import yaml
+        from agentenv.yaml_files import load_yaml
 
         folder = Path(path).expanduser()
         if not folder.is_dir():
@@ -92,7 +92,9 @@ class EnvSpec:
         for candidate in (folder, folder.parent, folder.parent.parent):
             config_file = candidate / "config.yaml"
             if config_file.is_file() and (candidate / "checkpoints").is_dir():
-                data = yaml.safe_load(config_file.read_text()) or {}
+                data = load_yaml(config_file.read_text(), str(config_file)) or {}
+                if not isinstance(data, dict):
+                    raise ValueError(f"{config_file}: expected a mapping of config sections, got {type(data).__name__}")
                 env = data.get("env") or {}
                 if "id" in env:
                     reward = data.get("reward")

@@ -203,6 +203,23 @@ def test_an_experiment_config_whose_aliases_expand_past_the_limit_is_refused(tmp
         load_experiment(path)
 
 
+def test_a_run_folder_from_someone_else_is_read_with_the_same_bound(tmp_path, capsys):
+    """``agentenv eval --model RUN`` reads the run's config.yaml for its environment (a run from before
+    env_spec.json) and its model: a bomb there is refused in one line, not expanded."""
+    from agentenv.cli import main
+    from agentenv.spec import EnvSpec
+    from agentenv.yaml_files import UnreadableYAML
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(alias_bomb(levels=7).replace("env:\n", "env:\n  id: agentenv/SearchQA-v0\n", 1))
+    with pytest.raises(UnreadableYAML, match=r"config.yaml: its aliases \(\*name\) expand it to more than 10,000 values"):
+        EnvSpec.of_run(run)
+    assert main(["eval", "--model", str(run), "--questions", "geo:dev", "--limit", "1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "expand it to more than 10,000 values" in err[-1], err
+
+
 def test_aliases_within_the_limit_still_resolve(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("optim: {lr: &rate 0.5, min_lr_ratio: 0.1}\nengine: {top_p: *rate}\n" + alias_bomb(levels=3))

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from agentenv import yaml_files
 from agentenv.process_rewards import check_weights
 from agentenv.rewards import RewardConfig
 from agentenv.trainers.algorithms import ALGORITHMS
@@ -353,66 +352,12 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-# A training config holds a few hundred values (the shipped ones at most 205), but a YAML alias
-# (*name) stands for the whole value it names: six levels of ten aliases in a 355-byte file stand
-# for millions, and everything after the parser (the typed config, --print-config, error
-# messages) walks them one by one. 10 000 values resolve and print in well under a second.
-MAX_YAML_VALUES = 10_000
-
-
 def load_yaml(text: str, source: str) -> Any:
-    """``yaml.safe_load(text)``, or a one-line ConfigError that starts with ``source``: for text that
-    is not YAML, nests too deep, holds an alias inside the value it names, or stands for more than
-    ``MAX_YAML_VALUES`` values once its aliases are expanded. Measured before anything is built."""
-    loader = yaml.SafeLoader(text)
+    """``agentenv.yaml_files.load_yaml`` with its refusal as a one-line ConfigError."""
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_expanded_size(node, source)
-        return loader.construct_document(node)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = error.problem or error.context
-        raise ConfigError(f"{source}{where}: not valid YAML: {problem}") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from error
-    except RecursionError:
-        raise ConfigError(f"{source}: nested too deeply to be a config") from None
-    finally:
-        loader.dispose()
-
-
-def _check_expanded_size(root: yaml.Node, source: str) -> None:
-    # An alias is the node it names, shared: each distinct node is sized once, so a file that
-    # stands for billions of values is measured in as many steps as it has nodes.
-    sizes: dict[int, int | None] = {}  # None: being sized, an ancestor of the node at hand
-
-    def size(node: yaml.Node) -> int:
-        if id(node) in sizes:
-            if sizes[id(node)] is None:
-                raise ConfigError(f"{source}: an alias (*name) is used inside the value it names, which never ends")
-            return sizes[id(node)]
-        sizes[id(node)] = None
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [child for pair in node.value for child in pair]
-        else:
-            children = []
-        for child in children:
-            total += size(child)
-            if total > MAX_YAML_VALUES:
-                raise ConfigError(
-                    f"{source}: its aliases (*name) expand it to more than {MAX_YAML_VALUES:,} values; "
-                    "a config holds a few hundred"
-                )
-        sizes[id(node)] = total
-        return total
-
-    size(root)
+        return yaml_files.load_yaml(text, source)
+    except yaml_files.UnreadableYAML as error:
+        raise ConfigError(str(error)) from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -58,9 +58,11 @@ def tokenizer_source(model_dir: str) -> str:
         return model_dir
     run_config = folder.parent / "config.yaml"
     if folder.name == "model" and run_config.is_file():
-        import yaml
+        from agentenv.yaml_files import load_yaml
 
-        name = (yaml.safe_load(run_config.read_text()) or {}).get("model", {}).get("name", "embedded")
+        config = load_yaml(run_config.read_text(), str(run_config)) or {}
+        model = config.get("model") if isinstance(config, dict) else None
+        name = (model or {}).get("name", "embedded") if isinstance(model, dict) else "embedded"
         return "embedded" if name == "tiny-random" else name
     return model_dir
 
