@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from agentenv.corpora import DataFormatError, Question, geo_path, load_corpus, load_questions
+from agentenv.corpora import (
+    DataFormatError,
+    Question,
+    geo_path,
+    load_corpus,
+    load_question_set,
+    load_questions,
+    question_set_paths,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -165,3 +173,31 @@ def test_geo_path_finds_plain_and_gzipped_files_and_lists_the_names_otherwise():
     assert geo_path("train").name == "train.jsonl.gz"
     with pytest.raises(FileNotFoundError, match=r"'validation'.*'dev'"):
         geo_path("validation")
+
+
+def test_question_sets_are_named_by_corpus_and_split_or_mixed_with_a_plus(tmp_path):
+    assert [p.parent.name for p in question_set_paths("geo:test+zipcodes:dev+airports:test")] == [
+        "geo", "zipcodes", "airports"]
+    assert load_question_set("zipcodes:dev")[0]["id"] == "zipcodes-dev-00000"
+    # A file named like a mix is still that file; a mix may hold files too.
+    odd = write_jsonl(tmp_path / "a+b:c.jsonl", [{"id": "odd-0", "question": "q?", "answers": ["a"]}])
+    assert [q["id"] for q in load_question_set(str(odd))] == ["odd-0"]
+    own = write_jsonl(tmp_path / "own.jsonl", [{"id": "own-0", "question": "q?", "answers": ["a"]}])
+    mixed = load_question_set(f"airports:dev+{own}")
+    assert len(mixed) == 97 and "own-0" in {q["id"] for q in mixed}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("geo:validation", "geo:validation: no shipped question set (the shipped sets: geo:train, geo:dev"),
+        ("airports:train", "airports:train: no shipped question set"),
+        ("mars:train", "zipcodes:train, zipcodes:dev, zipcodes:test; join them with + to mix"),
+        ("geo:train+nope.jsonl", "nope.jsonl: no such file"),
+        ("geo:dev+geo:dev", "names one question set twice"),
+    ],
+)
+def test_an_unknown_question_set_is_a_one_line_error_naming_the_choices(name, message):
+    with pytest.raises(FileNotFoundError) as raised:
+        load_question_set(name)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
