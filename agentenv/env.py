@@ -76,7 +76,8 @@ class ToolEnv(gym.Env):
         reward: a ``Reward``, or a ``RewardConfig``; default ReSearch answer reward + search budget.
         questions: records ``{"question", "answers", ...}`` that ``reset()`` samples from when no
             question is passed in ``options``, or a question file (any format
-            ``agentenv.corpora.load_questions`` reads) or ``"geo:train"``/``"geo:dev"``/``"geo:test"``.
+            ``agentenv.corpora.load_questions`` reads) or a shipped set (``"geo:train"``,
+            ``"zipcodes:dev"``, a mix ``"geo:train+zipcodes:train"``: ``load_question_set``).
         system_prompt: replaces the generated instructions (the tool list is still rendered).
         max_turns: policy turns before the episode is truncated.
         max_total_tokens: context length (prompt + turns + tool output); the episode ends

@@ -1,7 +1,8 @@
 """The registered environments: ``gymnasium.make(id, **kwargs)`` after ``import agentenv``.
 
 * ``agentenv/SearchQA-v0`` — search + calculator + answer, over the shipped ``geo`` corpus by default
-  (or any index folder, or a Search-R1-protocol retriever URL).
+  (or shipped corpora together, ``corpora="geo+zipcodes"``; or any index folder, or a
+  Search-R1-protocol retriever URL).
 * ``agentenv/Calculator-v0`` — calculator + answer, on generated arithmetic word problems.
 * ``agentenv/RagQA-v0`` — retrieve-then-answer: the question with its top-k passages in front, one
   answer turn, no tools (the baseline a search agent must beat).
@@ -75,8 +76,8 @@ class UnknownEnvironment(ValueError):
 
 
 class EnvArgumentError(ValueError):
-    """A keyword an environment's constructor does not take, lacks or sets itself; ``key`` names it
-    (None when the constructor failed otherwise)."""
+    """A keyword an environment's constructor does not take, lacks, sets itself or cannot use the
+    value of; ``key`` names it (None when the constructor failed otherwise)."""
 
     def __init__(self, message: str, key: str | None):
         super().__init__(message)
@@ -185,25 +186,46 @@ def shared_tools(env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return build(dict(kwargs)) if build is not None else dict(kwargs)
 
 
-def geo_index_dir(show_progress: bool = True) -> Path:
-    """The BM25 index of the shipped geo corpus, built on first use into the cache (~30 s).
+def corpus_names(corpora: str | Sequence[str]) -> list[str]:
+    """ "geo+zipcodes" (or ["geo", "zipcodes"]) -> ["geo", "zipcodes"]; a ValueError naming the
+    shipped corpora for a name that is none of them."""
+    from agentenv.corpora import SHIPPED_CORPORA
 
-    The folder name carries a hash of the corpus file, so a rebuilt corpus gets a fresh index.
+    names = corpora.split("+") if isinstance(corpora, str) else list(corpora)
+    unknown = [name for name in names if name not in SHIPPED_CORPORA]
+    if unknown or not names or len(set(names)) < len(names):
+        raise ValueError(
+            f"corpora {corpora!r}: name shipped corpora once each, joined by + "
+            f"(the shipped ones: {', '.join(SHIPPED_CORPORA)}; e.g. geo+zipcodes)"
+        )
+    return names
+
+
+def shipped_index_dir(corpora: str | Sequence[str] = "geo", show_progress: bool = True) -> Path:
+    """The BM25 index of shipped corpora ("geo", "geo+zipcodes", ["geo", "zipcodes"]), their
+    passages in one index, built on first use into the cache (~30 s for geo).
+
+    The folder name carries each corpus's name and a hash of its passage file
+    (``geo-3100728d7fcb``, ``geo-3100728d7fcb+zipcodes-…``), so a rebuilt corpus gets a fresh
+    index. Passage ids differ across the shipped corpora (``city:``, ``country:``, ``zip:``,
+    ``state:``, ``airport:``), so a hit says which corpus it came from.
     """
-    from agentenv.corpora import geo_path, load_corpus
+    from agentenv.corpora import load_corpus, shipped_path
     from agentenv.models import cache_dir
     from agentenv.tools.bm25 import BM25Index
 
-    passages = geo_path("passages")
-    digest = hashlib.sha256(passages.read_bytes()).hexdigest()[:12]
-    target = cache_dir() / "indexes" / f"geo-{digest}"
+    names = corpus_names(corpora)
+    files = [shipped_path(name, "passages") for name in names]
+    digests = [hashlib.sha256(path.read_bytes()).hexdigest()[:12] for path in files]
+    target = cache_dir() / "indexes" / "+".join(f"{name}-{digest}" for name, digest in zip(names, digests, strict=True))
     if (target / "index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename into place, so a killed build leaves no half index.
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
-        BM25Index.build(load_corpus(passages), out_dir=staging / "index", show_progress=show_progress)
+        passages = (passage for path in files for passage in load_corpus(path))
+        BM25Index.build(passages, out_dir=staging / "index", show_progress=show_progress)
         try:
             (staging / "index").rename(target)
         except OSError:  # another process finished first; its index is identical
@@ -213,9 +235,17 @@ def geo_index_dir(show_progress: bool = True) -> Path:
     return target
 
 
-def make_retriever(index: Any = None, retriever_url: str | list[str] | None = None) -> Any:
+def geo_index_dir(show_progress: bool = True) -> Path:
+    """The BM25 index of the shipped geo corpus (``shipped_index_dir("geo")``)."""
+    return shipped_index_dir("geo", show_progress=show_progress)
+
+
+def make_retriever(
+    index: Any = None, retriever_url: str | list[str] | None = None, corpora: str | Sequence[str] = "geo"
+) -> Any:
     """What the search tool searches: a client of ``retriever_url`` (one server, or a list that
-    shares each turn's queries), an index folder or object, or the shipped geo index."""
+    shares each turn's queries), an index folder or object, or else the index of the shipped
+    ``corpora`` ("geo", "geo+zipcodes")."""
     if retriever_url is not None:
         from agentenv.tools.retrieval_client import RetrieverClient
 
@@ -223,18 +253,18 @@ def make_retriever(index: Any = None, retriever_url: str | list[str] | None = No
     if index is None or isinstance(index, str | os.PathLike):
         from agentenv.tools.bm25 import BM25Index
 
-        return BM25Index.load(index or geo_index_dir())
+        return BM25Index.load(index or shipped_index_dir(corpora))
     return index
 
 
 def make_search_tool(
     index: Any = None, retriever_url: str | list[str] | None = None, k: int = 3, max_tokens: int = 256,
-    tokenizer: Any = None,
+    tokenizer: Any = None, corpora: str | Sequence[str] = "geo",
 ):
-    """The search tool over ``make_retriever(index, retriever_url)``."""
+    """The search tool over ``make_retriever(index, retriever_url, corpora)``."""
     from agentenv.tools.search import search_tool
 
-    return search_tool(make_retriever(index, retriever_url), k=k, max_tokens=max_tokens, tokenizer=tokenizer)
+    return search_tool(make_retriever(index, retriever_url, corpora), k=k, max_tokens=max_tokens, tokenizer=tokenizer)
 
 
 def _search_once(with_retriever: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -250,7 +280,12 @@ def _search_once(with_retriever: bool) -> Callable[[dict[str, Any]], dict[str, A
             from agentenv.models import load_tokenizer
 
             tokenizer = kwargs["tokenizer"] = load_tokenizer(tokenizer)
-        retriever = make_retriever(kwargs.pop("index", None), kwargs.pop("retriever_url", None))
+        corpora = kwargs.pop("corpora", "geo")
+        try:
+            corpus_names(corpora)
+        except ValueError as error:
+            raise EnvArgumentError(str(error), "corpora") from None
+        retriever = make_retriever(kwargs.pop("index", None), kwargs.pop("retriever_url", None), corpora)
         kwargs["search"] = search_tool(
             retriever, k=kwargs.pop("k", 3), max_tokens=kwargs.pop("max_search_tokens", 256), tokenizer=tokenizer
         )
@@ -304,14 +339,16 @@ def make_search_qa_env(
     tokenizer: Any = "embedded",
     search: Any = None,
     retriever: Any = None,
+    corpora: str | Sequence[str] = "geo",
     **env_kwargs: Any,
 ) -> ToolEnv:
-    """Search + calculator over a BM25 index (default: the shipped ``geo`` corpus), a retrieval
-    server, or a ``search`` tool built already (with the ``retriever`` it searches)."""
+    """Search + calculator over a BM25 index (default: the index of the shipped ``corpora``, "geo"
+    or several joined by + such as "geo+zipcodes"), a retrieval server, or a ``search`` tool built
+    already (with the ``retriever`` it searches)."""
     if search is None:
         shared = _search_once(with_retriever=True)(
             {"index": index, "retriever_url": retriever_url, "k": k, "max_search_tokens": max_search_tokens,
-             "tokenizer": tokenizer}
+             "tokenizer": tokenizer, "corpora": corpora}
         )
         search, retriever, tokenizer = shared["search"], shared["retriever"], shared["tokenizer"]
     return SearchQAEnv(
@@ -356,15 +393,19 @@ def make_rag_qa_env(
     max_search_tokens: int = 256,
     tokenizer: Any = "embedded",
     search: Any = None,
+    corpora: str | Sequence[str] = "geo",
     **env_kwargs: Any,
 ) -> ToolEnv:
-    """Retrieve-then-answer over a BM25 index (default: the shipped ``geo`` corpus), or ``search``."""
+    """Retrieve-then-answer over a BM25 index (default: the index of the shipped ``corpora``), or
+    ``search``."""
     if isinstance(tokenizer, str):
         from agentenv.models import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
     if search is None:
-        search = make_search_tool(index, retriever_url, k=k, max_tokens=max_search_tokens, tokenizer=tokenizer)
+        search = make_search_tool(
+            index, retriever_url, k=k, max_tokens=max_search_tokens, tokenizer=tokenizer, corpora=corpora
+        )
     return RetrieveThenAnswerEnv(
         search,
         tokenizer=tokenizer,

@@ -72,6 +72,10 @@ def test_compare_puts_two_runs_side_by_side(tiny_model_dir, tmp_path, capsys):
     ("args", "message"),
     [
         (["--questions", "nope.jsonl"], "nope.jsonl: no such file"),
+        (["--questions", "geo:validation"], "geo:validation: no shipped question set (the shipped sets: geo:train"),
+        (["--questions", "geo:test+zipcodes:nope"], "zipcodes:nope: no shipped question set"),
+        (["--corpora", "geo+mars"], "the shipped ones: geo, airports, zipcodes"),
+        (["--corpora", "zipcodes", "--retriever-url", "http://localhost:1"], "give one of --corpora, --index and --retriever-url"),
         (["--model", "./no-such-model"], "./no-such-model: no such folder"),
         (["--index", "."], "not a BM25 index folder"),
         (["--samples", "0"], "--samples must be at least 1"),

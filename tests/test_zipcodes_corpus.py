@@ -1,4 +1,5 @@
-"""The shipped ZIP codes corpus and its questions keep the promises of corpora/zipcodes/README.md."""
+"""The shipped ZIP codes corpus and its questions keep the promises of corpora/zipcodes/README.md,
+and a run can train on it beside geo: one mixed question set, one index over both corpora."""
 
 import re
 from collections import Counter
@@ -10,6 +11,7 @@ from agentenv.corpora import (
     airports_path,
     geo_path,
     load_corpus,
+    load_question_set,
     load_questions,
     zipcodes_path,
 )
@@ -250,3 +252,107 @@ def test_rebuilding_gives_identical_bytes(tmp_path):
         shipped = zipcodes_path(name)
         assert (tmp_path / shipped.name).read_bytes() == shipped.read_bytes(), shipped.name
 
+
+# ---------------------------------------------------------------------------------------------
+# Training on it beside geo
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_mixed_question_set_interleaves_both_domains_from_the_start():
+    mixed = load_question_set("geo:train+zipcodes:train")
+    geo, zipcodes = load_question_set("geo:train"), load_question_set("zipcodes:train")
+    assert len(mixed) == len(geo) + len(zipcodes)
+    assert len({q["id"] for q in mixed}) == len(mixed)
+    assert {q["id"].split("-")[0] for q in mixed[:20]} == {"geo", "zipcodes"}
+    # Each set keeps its own order, and the mix is the same on every load.
+    assert [q for q in mixed if q["id"].startswith("zipcodes-")] == zipcodes
+    assert [q["id"] for q in load_question_set("geo:train+zipcodes:train")] == [
+        q["id"] for q in mixed
+    ]
+    # Any stretch holds each set in its share: zipcodes is a third of the whole.
+    share = sum(q["id"].startswith("zipcodes-") for q in mixed[:300]) / 300
+    assert share == pytest.approx(len(zipcodes) / len(mixed), abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def geo_and_zipcodes_env(tokenizer):
+    """SearchQA over geo and zipcodes together, made as a training run makes it (its spec)."""
+    from agentenv.spec import EnvSpec
+
+    spec = EnvSpec(
+        "agentenv/SearchQA-v0",
+        {"corpora": "geo+zipcodes", "questions": "zipcodes:dev", "max_turns": 4},
+    )
+    return spec.factory(tokenizer).make(1)[0]
+
+
+def test_search_over_geo_and_zipcodes_finds_passages_of_both(geo_and_zipcodes_env):
+    search = geo_and_zipcodes_env.tools["search"]
+    zip_hit, geo_hit = search.run_batch([{"query": "ZIP Code 03868"}, {"query": "Paducah"}])
+    assert zip_hit.passage_ids[0] == "zip:03868"
+    assert geo_hit.passage_ids[0] == "city:4048662"
+
+
+def test_the_oracle_answers_a_zipcodes_two_hop_question_from_both_passages(geo_and_zipcodes_env):
+    from agentenv.trainers.algorithms.sft import oracle_episode
+
+    question = next(q for q in geo_and_zipcodes_env.questions if q["kind"] == "zip_state_capital")
+    episode = oracle_episode(geo_and_zipcodes_env, question)
+    assert episode.reward_components["exact_match"] == 1.0
+    found = [
+        ids for turn in episode.turns for call in turn["calls"] for ids in [call["passage_ids"]]
+    ]
+    assert [ids[0] for ids in found] == question["entities"]  # each search's first hit is its hop
+
+
+def test_a_training_config_names_the_mix_and_its_corpora(tokenizer, geo_and_zipcodes_env):
+    """env.kwargs reach the environments as they reach the run's env_spec.json, which evaluation
+    rebuilds the environment from."""
+    from agentenv.trainers.loop.build import env_spec, make_envs
+    from agentenv.trainers.loop.config import load_config
+
+    config = load_config(
+        None,
+        [
+            "env.id=agentenv/SearchQA-v0",
+            "env.kwargs={questions: 'geo:train+zipcodes:train', corpora: 'geo+zipcodes', max_turns: 4}",
+        ],
+    )
+    assert env_spec(config).to_record()["kwargs"]["corpora"] == "geo+zipcodes"
+    [env] = make_envs(config, tokenizer, 1)
+    assert {q["id"].split("-")[0] for q in env.questions[:20]} == {"geo", "zipcodes"}
+    assert env.retriever.get("state:GA")["title"] == "Georgia (U.S. state)"
+    assert env.retriever.get("country:GE")["title"] == "Georgia"
+
+
+def test_eval_searches_the_run_s_corpora_unless_a_flag_says_otherwise():
+    from agentenv.spec import EnvSpec
+    from agentenv.trainers.evaluation.evaluate import mode_spec, parse_args
+
+    run = EnvSpec(
+        "agentenv/SearchQA-v0", {"corpora": "geo+zipcodes", "questions": "geo:train+zipcodes:train"}
+    )
+    assert mode_spec("agent", run, parse_args([])).kwargs["corpora"] == "geo+zipcodes"
+    assert (
+        mode_spec("agent", run, parse_args(["--corpora", "zipcodes"])).kwargs["corpora"]
+        == "zipcodes"
+    )
+    assert (
+        mode_spec("rag", None, parse_args(["--corpora", "zipcodes"])).kwargs["corpora"]
+        == "zipcodes"
+    )
+    assert (
+        "corpora"
+        not in mode_spec("closed-book", None, parse_args(["--corpora", "zipcodes"])).kwargs
+    )
+
+
+def test_unknown_corpora_are_an_error_naming_the_key_and_the_choices(tokenizer):
+    from agentenv.envs import EnvArgumentError
+    from agentenv.spec import EnvSpec
+
+    with pytest.raises(EnvArgumentError, match=r"'geo\+mars'.*geo, airports, zipcodes") as raised:
+        EnvSpec(
+            "agentenv/SearchQA-v0", {"corpora": "geo+mars", "questions": "zipcodes:dev"}
+        ).factory(tokenizer)
+    assert raised.value.key == "corpora"

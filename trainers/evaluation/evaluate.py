@@ -15,8 +15,9 @@ evaluates in the environment the run trained in: its ``env_spec.json`` (id, keyw
 so limits, parser, observation budget and reward are the trained ones; alone it runs that one mode.
 A mode in another environment than the run's, or a model that is no run, gets that environment's
 keywords with the turn limits below. ``--max-turns``, ``--max-turn-tokens``, ``--max-total-tokens``,
-``--max-observation-tokens``, ``--passages``, ``--index``/``--retriever-url`` and ``--env-kwargs``
-override single keys; ``summary.json`` records each mode's spec and the limits it ran under.
+``--max-observation-tokens``, ``--passages``, ``--corpora``/``--index``/``--retriever-url`` and
+``--env-kwargs`` override single keys; ``summary.json`` records each mode's spec and the limits it
+ran under.
 
 Greedy by default; ``--samples k`` samples k answers per question (temperature 1) and reports
 pass@k next to the mean EM. Writes ``summary.json``, one ``transcripts-<mode>.jsonl`` per mode and a
@@ -26,6 +27,7 @@ episodes per question and reports the EM of the selected answer for N = 1, 2, 4,
 
     agentenv eval --model embedded --questions geo:test --limit 200 --mode closed-book rag agent
     agentenv eval --model runs/cpu-smollm2 --questions geo:test --limit 200 --mode agent --out runs/eval-trained
+    agentenv eval --model embedded --questions zipcodes:test --corpora zipcodes --mode rag agent
     agentenv eval --compare runs/eval-base runs/eval-trained
     agentenv eval --model runs/my-run --env mymod:my/WordLength-v0 --questions my_questions.jsonl
 """
@@ -42,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentenv.corpora import question_class
+from agentenv.corpora import question_class, question_set_paths
 from agentenv.search_behaviour import SearchRecord, search_metrics
 from agentenv.trainers.evaluation.stats import bootstrap_interval
 from agentenv.trainers.loop.metrics import transcript
@@ -86,6 +88,8 @@ def mode_spec(mode: str, run_spec: Any, args: argparse.Namespace) -> Any:
     if env_id in (MODE_ENVS["agent"], MODE_ENVS["rag"]):
         if args.passages is not None:
             overrides["k"] = args.passages
+        if args.corpora is not None:
+            overrides["corpora"], overrides["index"], overrides["retriever_url"] = args.corpora, None, None
         if args.index is not None:
             overrides["index"], overrides["retriever_url"] = args.index, None
         if args.retriever_url is not None:
@@ -355,9 +359,14 @@ def format_comparison(name_a: str, a: dict[str, Any], name_b: str, b: dict[str, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="embedded", help="hub id, local folder, training run or checkpoint, LoRA adapter folder, or 'embedded'")
-    parser.add_argument("--questions", default="geo:test", help="geo:test / geo:dev / geo:train, or a JSONL/Parquet file any loader reads")
+    parser.add_argument("--questions", default="geo:test",
+                        help="a shipped split (geo:test, zipcodes:test, airports:test, ...), several joined by + "
+                             "(geo:test+zipcodes:test), or a JSONL/Parquet file any loader reads")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions (a fixed slice)")
-    parser.add_argument("--index", default=None, help="BM25 index folder (default: the shipped geo index)")
+    parser.add_argument("--corpora", default=None,
+                        help="shipped corpora the agent and rag modes search, joined by + (geo+zipcodes; "
+                             "default: the run's, else geo)")
+    parser.add_argument("--index", default=None, help="BM25 index folder (default: the shipped corpora's index)")
     parser.add_argument("--retriever-url", default=None, help="a Search-R1-protocol retrieval server instead of --index")
     parser.add_argument("--mode", nargs="+", default=None, choices=MODES,
                         help="modes to run (default: a run's own environment; for a model that is no run, all "
@@ -480,12 +489,21 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise EvalError(f"--search-budgets are searches per episode, at least 0; got {args.search_budgets}")
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit must be at least 1, got {args.limit}")
-    if not args.questions.startswith("geo:") and not Path(args.questions).is_file():
-        raise EvalError(f"--questions {args.questions}: no such file (or use geo:test, geo:dev, geo:train)")
+    from agentenv.envs import corpus_names
+
+    try:
+        question_set_paths(args.questions)
+    except FileNotFoundError as error:
+        raise EvalError(f"--questions {error}") from None
+    if args.corpora is not None:
+        try:
+            corpus_names(args.corpora)
+        except ValueError as error:
+            raise EvalError(f"--{error}") from None
     if args.index is not None and not (Path(args.index) / "index.json").is_file():
         raise EvalError(f"--index {args.index}: not a BM25 index folder (build one with `agentenv index build`)")
-    if args.index and args.retriever_url:
-        raise EvalError("give --index or --retriever-url, not both")
+    if sum(bool(value) for value in (args.corpora, args.index, args.retriever_url)) > 1:
+        raise EvalError("give one of --corpora, --index and --retriever-url")
     if args.best_of is not None:
         if args.best_of < 1:
             raise EvalError(f"--best-of must be at least 1, got {args.best_of}")
