@@ -94,10 +94,13 @@ def test_logging_checkpoint_cadence_and_max_steps_may_change():
 def test_the_sections_of_objectives_a_run_does_not_use_may_change():
     sft_run = load_config(TINY_TEST, ["mode=sft"])
     assert training_changes(sft_run, load_config(TINY_TEST, ["mode=sft", "grpo.oversample=2", "dpo.beta=0.5"])) == []
+    # SFT trains at sft.lr: the rate of the objectives after it may change under a finished SFT run.
+    assert training_changes(sft_run, load_config(TINY_TEST, ["mode=sft", "optim.lr=0.5"])) == []
     grpo_run = load_config(TINY_TEST)
     assert training_changes(grpo_run, load_config(TINY_TEST, ["grpo.oversample=2", "dpo.beta=0.5"])) == [
         "grpo.oversample: 1.0 -> 2.0"]
     assert training_changes(grpo_run, load_config(TINY_TEST, ["sft.lr=0.5"]))[0].startswith("sft.lr:")
+    assert training_changes(grpo_run, load_config(TINY_TEST, ["optim.lr=0.5"]))[0].startswith("optim.lr:")
 
 
 def test_max_steps_shapes_a_cosine_schedule_so_it_may_not_change_there():

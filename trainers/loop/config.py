@@ -277,9 +277,12 @@ def training_changes(old: TrainConfig, new: TrainConfig) -> list[str]:
     """``"key: old -> new"`` for each key, sorted, whose change alters what training computes: every
     key but ``logging.*``, ``checkpoint.*``, ``max_steps`` (and ``max_steps`` too when a mode
     other than SFT runs a cosine schedule, whose length it is) and the sections of objectives the
-    run does not use (an SFT run reads no ``grpo.*``; every mode may warm-start with ``sft.*``)."""
+    run does not use (an SFT run reads no ``grpo.*``, nor ``optim.lr``: ``sft.lr`` is its rate; every
+    mode may warm-start with ``sft.*``)."""
     before, after = _flat(to_dict(old)), _flat(to_dict(new))
     unused = tuple(f"{name}." for name in ALGORITHMS if name not in (old.mode, new.mode, "sft"))
+    if old.mode == new.mode == "sft":
+        unused += ("optim.lr",)
     changes = []
     for key in sorted(before.keys() | after.keys()):
         if before.get(key, _UNSET) == after.get(key, _UNSET) or key.startswith(unused):
