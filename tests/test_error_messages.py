@@ -121,6 +121,37 @@ def test_a_failed_index_build_leaves_nothing_behind(tmp_path, capsys):
     assert len(BM25Index.load(tmp_path / "index")) == 2
 
 
+def test_a_killed_index_build_never_loads_and_the_next_build_removes_it(tmp_path, capsys):
+    """SIGKILL mid-build (no cleanup runs): the half index has no manifest, and the next build into
+    the same --out removes it once its process is gone."""
+    import subprocess
+    import sys
+    import time
+
+    corpus = tmp_path / "big.jsonl"
+    with corpus.open("w") as file:
+        for i in range(300_000):
+            file.write(json.dumps({"id": str(i), "title": f"Place {i}", "text": f"word{i % 997} and filler {i}"}) + "\n")
+    out = tmp_path / "index"
+    build = subprocess.Popen([sys.executable, "-m", "agentenv.cli", "index", "build", "--corpus", str(corpus), "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while build.poll() is None and time.monotonic() < deadline and not list(tmp_path.glob(".index.building-*/index/*")):
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the stream of passages
+    assert build.poll() is None, "the build ended before it could be killed"
+    build.kill()
+    build.wait()
+    [staging] = tmp_path.glob(".index.building-*")
+    assert not out.exists()
+    with pytest.raises(FileNotFoundError, match="index.json is missing"):
+        BM25Index.load(staging / "index")
+    small = write_jsonl(tmp_path / "small.jsonl", PASSAGES)
+    assert main(["index", "build", "--corpus", str(small), "--out", str(out)]) == 0
+    assert f"removed {staging}" in capsys.readouterr().err
+    assert not staging.exists() and len(BM25Index.load(out)) == len(PASSAGES)
+
+
 def test_overwrite_never_deletes_a_folder_that_holds_no_index(tmp_path, capsys):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", PASSAGES)
     keep = tmp_path / "notes"

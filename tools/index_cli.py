@@ -6,7 +6,10 @@ Usage::
     agentenv index info runs/wiki18-bm25
 
 A build is written beside ``--out`` and renamed into place when it is complete: a failed build
-leaves nothing behind, and ``--overwrite`` replaces an index only with a finished one. A corpus
+leaves nothing behind, and ``--overwrite`` replaces an index only with a finished one. A killed
+build (SIGKILL, the machine going down) cannot clean up after itself: its half-built folder, which
+at wiki-18's size holds gigabytes, is removed by the next build into the same ``--out`` once the
+process that wrote it is gone. A corpus
 that cannot be read (truncated or damaged gzip, a line that is not JSON) or that gives two passages
 one id fails the build with one line naming the file and the line.
 """
@@ -14,6 +17,7 @@ one id fails the build with one line naming the file and the line.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +30,9 @@ import numpy as np
 
 from agentenv.corpora.loaders import DataFormatError, load_corpus, located_passages
 from agentenv.tools.bm25 import BACKENDS, MANIFEST, BM25Index, read_manifest
+
+# Inside a staging folder: the process building it, so that a later build can tell a killed one.
+BUILDER_PID = "builder.pid"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +76,9 @@ def build_index(corpus: Path, out: Path, backend: str, overwrite: bool = False) 
         if not (out / MANIFEST).is_file():
             raise FileExistsError(f"--out {out} holds no BM25 index ({MANIFEST}); --overwrite replaces only an index")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_killed_builds(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    (staging / BUILDER_PID).write_text(str(os.getpid()))
     id_hashes = array("q")
     try:
         passages = _noting_id_hashes(load_corpus(corpus), id_hashes)
@@ -85,6 +94,30 @@ def build_index(corpus: Path, out: Path, backend: str, overwrite: bool = False) 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return count, backend
+
+
+def _remove_killed_builds(out: Path) -> None:
+    """Remove the staging folders of earlier builds into ``out`` whose process no longer runs."""
+    for staging in out.parent.glob(f".{out.name}.building-*"):
+        try:
+            pid = int((staging / BUILDER_PID).read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge: a build from before the pid file, or something else
+        if _running(pid):
+            continue  # a build into the same --out is under way; the rename decides which one lands
+        size = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file())
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"removed {staging} ({size / 1e6:.0f} MB), left by a build that was killed", file=sys.stderr)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 def _noting_id_hashes(passages: Iterable[dict], id_hashes: array) -> Iterator[dict]:
