@@ -118,3 +118,15 @@ def test_a_checkpoint_of_a_fully_fine_tuned_run_holds_its_tokenizer_and_loads_al
     assert tokenizer_source(str(model_dir)) == str(model_dir)
     model, tokenizer, _ = load_policy_model(str(one_step_run))
     assert len(tokenizer) == model.config.vocab_size
+
+
+@pytest.mark.parametrize(("settings", "suggested"), [
+    ([], "YOUR_HELD_OUT_QUESTIONS.jsonl"),  # tiny-test: generated arithmetic, no shipped split
+    (["env.id=agentenv/SearchQA-v0", "env.kwargs={}"], "geo:test"),
+    (["env.id=agentenv/SearchQA-v0", "env.kwargs={questions: 'geo:train+zipcodes:train'}"], "geo:test+zipcodes:test"),
+    (["env.id=agentenv/SearchQA-v0", "env.kwargs={questions: mine.jsonl}"], "YOUR_HELD_OUT_QUESTIONS.jsonl"),
+])
+def test_the_summary_suggests_the_test_split_of_what_the_run_trained_on(settings, suggested):
+    from agentenv.trainers.loop.command import held_out_questions
+
+    assert held_out_questions(load_config(TINY_TEST, settings)) == suggested

@@ -97,8 +97,7 @@ def training_summary(config: TrainConfig, run_dir: Path, seconds: float) -> str:
         if dev:
             shown.append(f"dev/exact_match {dev[-1]['dev/exact_match']:.3f} (step {dev[-1]['step']})")
     # The run's own environment (env_spec.json) is what `agentenv eval --model RUN` evaluates in.
-    questions = "geo:test" if config.env.id.startswith("agentenv/") else "YOUR_HELD_OUT_QUESTIONS.jsonl"
-    evaluate = f"agentenv eval --model {shlex.quote(str(run_dir))} --questions {questions}"
+    evaluate = f"agentenv eval --model {shlex.quote(str(run_dir))} --questions {held_out_questions(config)}"
     lines = [
         f"agentenv train: done: step {step} of {total} in {datetime.timedelta(seconds=round(seconds))}",
         f"  run folder: {run_dir}",
@@ -109,3 +108,15 @@ def training_summary(config: TrainConfig, run_dir: Path, seconds: float) -> str:
         lines.append(f"  checkpoint: {checkpoint}")
     lines.append(f"  evaluate it, e.g.: {evaluate}")
     return "\n".join(lines)
+
+
+def held_out_questions(config: TrainConfig) -> str:
+    """The test split of the shipped question sets a run trained on ("geo:train+zipcodes:train" ->
+    "geo:test+zipcodes:test"); a placeholder for questions of one's own or generated ones."""
+    questions = config.env.kwargs.get("questions")
+    if questions is None and config.env.id in ("agentenv/SearchQA-v0", "agentenv/RagQA-v0", "agentenv/ClosedBookQA-v0"):
+        questions = "geo:train"  # their default
+    parts = questions.split("+") if isinstance(questions, str) else []
+    if parts and all(part.endswith(":train") for part in parts):
+        return "+".join(part.removesuffix(":train") + ":test" for part in parts)
+    return "YOUR_HELD_OUT_QUESTIONS.jsonl"
