@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from agentenv.corpora import AIRPORTS_DIR
-from agentenv.corpora.build_geo import format_coordinates, format_number, write_jsonl
+from agentenv.corpora.build_geo import format_coordinates, format_number, run_build, write_corpus
 from agentenv.corpora.geo_entities import fold, stable_index, with_article
 from agentenv.corpora.geo_questions import decimal_forms, integer_forms, record, round_half_up
 
@@ -377,27 +376,9 @@ def split_questions(name: str, airports: list[Airport]) -> list[dict]:
 def build(output_dir: Path) -> list[str]:
     """Write the corpus and the question splits into `output_dir`; one summary line per file."""
     airports = load_airports()
-    output_dir.mkdir(parents=True, exist_ok=True)
     passages = [airport_passage(airport) for airport in airports]
-    size = write_jsonl(output_dir / "passages.jsonl.gz", passages, compress=True)
-    summary = [f"passages.jsonl.gz: {len(passages)} passages, {size} bytes"]
-    for split in SPLITS:
-        questions = split_questions(split, airports)
-        path = output_dir / f"{split}.jsonl"
-        size = write_jsonl(path, questions, compress=False)
-        kinds = Counter(question["kind"] for question in questions)
-        summary.append(
-            f"{path.name}: {len(questions)} questions, {size} bytes, {dict(sorted(kinds.items()))}"
-        )
-    return summary
-
-
-def main() -> None:
-    started = time.perf_counter()
-    for line in build(AIRPORTS_DIR):
-        print(line)
-    print(f"built in {time.perf_counter() - started:.1f} s")
+    return write_corpus(output_dir, passages, {split: split_questions(split, airports) for split in SPLITS})
 
 
 if __name__ == "__main__":
-    main()
+    run_build(build, AIRPORTS_DIR)

@@ -22,7 +22,7 @@ import json
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from agentenv.corpora import GEO_DIR
@@ -434,18 +434,14 @@ def write_jsonl(path: Path, records: Iterable[dict], compress: bool) -> int:
     return path.stat().st_size
 
 
-def build(output_dir: Path) -> list[str]:
-    """Write the corpus and the question splits into `output_dir`; one summary line per file."""
-    from agentenv.corpora.geo_questions import build_questions
-
-    cities, countries = load_sources()
-    labels = city_labels(cities, countries)
+def write_corpus(output_dir: Path, passages: list[dict], splits: dict[str, list[dict]]) -> list[str]:
+    """Write ``passages.jsonl.gz`` and one file of questions per split into ``output_dir``; one
+    summary line per file. A train split is gzipped (large, and only read by programs); dev and
+    test stay plain text for reading."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    passages = list(build_passages(cities, countries, labels))
     size = write_jsonl(output_dir / "passages.jsonl.gz", passages, compress=True)
     summary = [f"passages.jsonl.gz: {len(passages)} passages, {size} bytes"]
-    for split, questions in build_questions(cities, countries, labels).items():
-        # train is large and only read by programs; dev and test stay plain text for reading.
+    for split, questions in splits.items():
         compress = split == "train"
         path = output_dir / (f"{split}.jsonl.gz" if compress else f"{split}.jsonl")
         size = write_jsonl(path, questions, compress=compress)
@@ -456,12 +452,23 @@ def build(output_dir: Path) -> list[str]:
     return summary
 
 
-def main() -> None:
+def run_build(build_into: Callable[[Path], list[str]], output_dir: Path) -> None:
+    """A build script's entry point: build, print its summary and how long it took."""
     started = time.perf_counter()
-    for line in build(GEO_DIR):
+    for line in build_into(output_dir):
         print(line)
     print(f"built in {time.perf_counter() - started:.1f} s")
 
 
+def build(output_dir: Path) -> list[str]:
+    """Write the corpus and the question splits into `output_dir`; one summary line per file."""
+    from agentenv.corpora.geo_questions import build_questions
+
+    cities, countries = load_sources()
+    labels = city_labels(cities, countries)
+    passages = list(build_passages(cities, countries, labels))
+    return write_corpus(output_dir, passages, build_questions(cities, countries, labels))
+
+
 if __name__ == "__main__":
-    main()
+    run_build(build, GEO_DIR)

@@ -33,7 +33,6 @@ A question record:
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from agentenv.corpora import ZIPCODES_DIR
-from agentenv.corpora.build_geo import format_number, join_names, write_jsonl
+from agentenv.corpora.build_geo import format_number, join_names, run_build, write_corpus
 from agentenv.corpora.geo_entities import fold, stable_index
 from agentenv.corpora.geo_questions import decimal_forms, integer_forms, record, round_half_up
 
@@ -622,29 +621,9 @@ def split_questions(entities: SplitEntities) -> list[dict]:
 def build(output_dir: Path) -> list[str]:
     """Write the corpus and the question splits into `output_dir`; one summary line per file."""
     states, zip_codes = load_sources()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    passages = build_passages(states, zip_codes)
-    size = write_jsonl(output_dir / "passages.jsonl.gz", passages, compress=True)
-    summary = [f"passages.jsonl.gz: {len(passages)} passages, {size} bytes"]
-    for split in SPLITS:
-        questions = split_questions(SplitEntities(split, states, zip_codes))
-        # train is large and only read by programs; dev and test stay plain text for reading.
-        compress = split == "train"
-        path = output_dir / (f"{split}.jsonl.gz" if compress else f"{split}.jsonl")
-        size = write_jsonl(path, questions, compress=compress)
-        kinds = Counter(question["kind"] for question in questions)
-        summary.append(
-            f"{path.name}: {len(questions)} questions, {size} bytes, {dict(sorted(kinds.items()))}"
-        )
-    return summary
-
-
-def main() -> None:
-    started = time.perf_counter()
-    for line in build(ZIPCODES_DIR):
-        print(line)
-    print(f"built in {time.perf_counter() - started:.1f} s")
+    splits = {split: split_questions(SplitEntities(split, states, zip_codes)) for split in SPLITS}
+    return write_corpus(output_dir, build_passages(states, zip_codes), splits)
 
 
 if __name__ == "__main__":
-    main()
+    run_build(build, ZIPCODES_DIR)
