@@ -41,7 +41,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agentenv.search_behaviour import Turn, contains_answer, passage_calls, query_text
+from agentenv.search_behaviour import (
+    Turn,
+    contains_answer,
+    passage_calls,
+    query_text,
+    retrieved_ids,
+)
 
 
 @dataclass(frozen=True)
@@ -63,13 +69,9 @@ def search_found_answer(turn: Turn, earlier: Sequence[Turn], gold: Gold) -> floa
     return float(any(call["ok"] and contains_answer(call["output"], gold.answers) for call in passage_calls(turn)))
 
 
-def _retrieved_ids(turns: Sequence[Turn]) -> set[str]:
-    return {str(i) for turn in turns for call in passage_calls(turn) if call["ok"] for i in call.get("passage_ids", ())}
-
-
 def search_found_passage(turn: Turn, earlier: Sequence[Turn], gold: Gold) -> float:
     """How many gold passages the turn's searches returned for the first time in the episode."""
-    return float(len((_retrieved_ids([turn]) - _retrieved_ids(earlier)) & set(gold.passages)))
+    return float(len((retrieved_ids([turn]) - retrieved_ids(earlier)) & set(gold.passages)))
 
 
 def repeated_query(turn: Turn, earlier: Sequence[Turn], gold: Gold) -> float:

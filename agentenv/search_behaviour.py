@@ -58,6 +58,11 @@ def passage_calls(turn: Turn) -> list[dict[str, Any]]:
     ]
 
 
+def retrieved_ids(turns: Sequence[Turn]) -> set[str]:
+    """The ids of the passages the turns' searches that ran returned (``Retrieved`` results)."""
+    return {str(i) for turn in turns for call in passage_calls(turn) if call["ok"] for i in call.get("passage_ids", ())}
+
+
 def query_text(call: Mapping[str, Any]) -> str:
     """A passage call's query, normalised: its ``query`` argument, else its arguments' values."""
     arguments = call["arguments"]
@@ -103,7 +108,6 @@ def search_record(
         seen.append(query)
     ran = [call for call in calls if call["ok"]]
     found = any(contains_answer(call["output"], gold_answers) for call in ran)
-    retrieved = {str(i) for call in ran for i in call.get("passage_ids", ())}
     needed = {str(p) for p in gold_passages}
     if not ran:
         verdict = "no search"
@@ -111,7 +115,7 @@ def search_record(
         verdict = "not found"
     else:
         verdict = "found, read right" if exact_match(answer, gold_answers) else "found, misread"
-    return SearchRecord(len(ran), len(calls), duplicates, near, copies, found, verdict, len(needed), len(needed & retrieved))
+    return SearchRecord(len(ran), len(calls), duplicates, near, copies, found, verdict, len(needed), len(needed & retrieved_ids(turns)))
 
 
 def episode_search_record(episode: Any) -> SearchRecord:

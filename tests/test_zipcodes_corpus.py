@@ -6,6 +6,7 @@ from collections import Counter
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
+from test_airports_corpus import ungroup_digits
 
 from agentenv.corpora import (
     airports_path,
@@ -85,11 +86,6 @@ def questions():
 
 def all_questions(questions):
     return [question for split in SPLITS for question in questions[split]]
-
-
-def ungroup_digits(text: str) -> str:
-    """ "1,535" -> "1535", so a number matches however the passage groups its digits."""
-    return re.sub(r"(?<=\d),(?=\d{3})", "", text)
 
 
 def stated(pattern: re.Pattern, passage: dict) -> Decimal:

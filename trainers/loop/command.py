@@ -113,8 +113,10 @@ def training_summary(config: TrainConfig, run_dir: Path, seconds: float) -> str:
 def held_out_questions(config: TrainConfig) -> str:
     """The test split of the shipped question sets a run trained on ("geo:train+zipcodes:train" ->
     "geo:test+zipcodes:test"); a placeholder for questions of one's own or generated ones."""
+    from agentenv.envs import CLOSED_BOOK_QA_ID, RAG_QA_ID, SEARCH_QA_ID
+
     questions = config.env.kwargs.get("questions")
-    if questions is None and config.env.id in ("agentenv/SearchQA-v0", "agentenv/RagQA-v0", "agentenv/ClosedBookQA-v0"):
+    if questions is None and config.env.id in (SEARCH_QA_ID, RAG_QA_ID, CLOSED_BOOK_QA_ID):
         questions = "geo:train"  # their default
     parts = questions.split("+") if isinstance(questions, str) else []
     if parts and all(part.endswith(":train") for part in parts):

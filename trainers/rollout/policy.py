@@ -62,7 +62,7 @@ def tokenizer_source(model_dir: str) -> str:
 
         config = load_yaml(run_config.read_text(), str(run_config)) or {}
         model = config.get("model") if isinstance(config, dict) else None
-        name = (model or {}).get("name", "embedded") if isinstance(model, dict) else "embedded"
+        name = model.get("name", "embedded") if isinstance(model, dict) else "embedded"
         return "embedded" if name == "tiny-random" else name
     return model_dir
 
