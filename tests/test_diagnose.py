@@ -44,6 +44,8 @@ def test_the_report_pairs_tool_users_with_skippers_and_weighs_the_push_by_length
     assert use["outcomes_without"]["wrong"] == 1.0
     assert calculator["informative_groups"] == 1.0
     assert report["classes"]["single-hop"]["informative_groups"] == 0.0
+    # pass@G: the calculator group holds a right answer, the single-hop group none.
+    assert calculator["solved_groups"] == 1.0 and report["classes"]["single-hop"]["solved_groups"] == 0.0
     # Advantages 0.675, -0.225, -0.225, -0.225. Token-mean weighs each by its length (40, 40, 10, 10):
     # the tool side nets 27 − 9 = 18 of the |c| mass 27 + 9 + 2.25 + 2.25 = 40.5; seq-mean-token-mean
     # weighs each sample alike: 0.45 of 1.35.

@@ -5,7 +5,9 @@ the run's ``episodes.jsonl`` (a line per training episode) and its ``config.yaml
 question class, the questions that tell why:
 
 * **Drift**: reward, EM and calls per tool in each third of the run's steps.
-* **Informative groups**: the share of groups whose rewards differ (only those carry a gradient).
+* **Informative groups**: the share of groups whose rewards differ (only those carry a gradient),
+  beside the share holding at least one right answer (pass@G): where pass@G is low, an outcome
+  reward leaves most groups of that class all-wrong and the update never sees them.
 * **Tool use inside a group** (for each tool): in the groups where some samples called the tool
   and some did not, the mean reward and advantage of each side, paired by group, and how the two
   sides ended (right answer, well-formed wrong answer, bad format). If skipping the tool is paid
@@ -156,6 +158,9 @@ def diagnose(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str,
             groups[(r["step"], r["group"])].append(r)
         entry["groups"] = len(groups)
         entry["informative_groups"] = _mean(float(len({m["reward"] for m in g}) > 1) for g in groups.values())
+        entry["solved_groups"] = _mean(
+            float(any(m["reward_components"].get("exact_match", 0.0) > 0 for m in g)) for g in groups.values()
+        )
         entry["tool_use"] = {tool: tool_use(groups.values(), tool) for tool in tools}
         entry["push"] = {
             aggregation: {
@@ -290,13 +295,14 @@ def format_report(report: dict[str, Any], configured: str) -> str:
             )
     lines += ["", "## Informative groups and the update's push (Σ of per-step-normalised coefficients; "
               f"configured aggregation: {configured})", "",
-              "| class | groups | informative | " + " | ".join(AGGREGATIONS) + " | "
+              "| class | groups | pass@G | informative | " + " | ".join(AGGREGATIONS) + " | "
               + " | ".join(f"with {t} ({configured})" for t in tools) + " |",
-              "|---|---:|---:|" + "---:|" * (len(AGGREGATIONS) + len(tools))]
+              "|---|---:|---:|---:|" + "---:|" * (len(AGGREGATIONS) + len(tools))]
     for cls, entry in report["classes"].items():
         pushes = " | ".join(_f(entry["push"][a]["all"], True) for a in AGGREGATIONS)
         with_tool = " | ".join(_f(entry["push"][configured][f"with {t}"], True) for t in tools)
-        lines.append(f"| {cls} | {entry['groups']} | {_f(entry['informative_groups'])} | {pushes} | {with_tool} |")
+        lines.append(f"| {cls} | {entry['groups']} | {_f(entry['solved_groups'])} | {_f(entry['informative_groups'])} | "
+                     f"{pushes} | {with_tool} |")
     lines += ["", "## The push on episodes that called each tool, all classes together", "",
               "| tool | episodes with it | " + " | ".join(AGGREGATIONS) + " |",
               "|---|---:|" + "---:|" * len(AGGREGATIONS)]
