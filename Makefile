@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: test test-fast test-slow demo experiment goodhart reward-model bench bench-retrieval bench-retrieval-speed bench-tool-batching bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy lint clean
+.PHONY: test test-fast test-slow demo experiment goodhart reward-model bench bench-retrieval bench-retrieval-speed bench-tool-batching bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy bench-reliability lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,7 +33,7 @@ test-slow: $(STAMP)
 
 # Benchmarks print JSON lines, append their tables to bench/RESULTS.md and exit 1 when they miss
 # the goal they check; `make -k bench` runs them all (about 1.5 hours on 2 cores) even then.
-bench: bench-retrieval bench-retrieval-speed bench-tool-batching bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy
+bench: bench-retrieval bench-retrieval-speed bench-tool-batching bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy bench-reliability
 
 bench-retrieval: $(STAMP)
 	$(BIN)/python bench/retrieval.py --sizes 100000
@@ -64,6 +64,11 @@ bench-update: $(STAMP)
 
 bench-off-policy: $(STAMP)
 	$(BIN)/python bench/off_policy.py
+
+# The reliability review's attacks (hostile servers, requests, actions, configs, files) replayed
+# against today's code: each must end bounded (~30 s).
+bench-reliability: $(STAMP)
+	$(BIN)/python bench/reliability.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
