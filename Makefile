@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: test test-fast test-slow demo experiment goodhart reward-model bench bench-retrieval bench-retrieval-speed bench-tool-batching bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy bench-reliability lint clean
+.PHONY: test test-fast test-slow demo experiment goodhart reward-model bench bench-retrieval bench-retrieval-speed bench-wikipedia-scale bench-tool-batching bench-rollout bench-workers bench-trl bench-scaling bench-update bench-off-policy bench-reliability lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench-retrieval: $(STAMP)
 # Pruned against the full search at 1 M passages, API and server.
 bench-retrieval-speed: $(STAMP)
 	$(BIN)/python bench/retrieval_speed.py
+
+# BM25 at wiki-18's size: 1 M, 5 M, 10 M and 21 M synthetic passages (hours; corpora and the largest index take ~20 GB under bench/out).
+# Not part of `make bench`.
+bench-wikipedia-scale: $(STAMP)
+	$(BIN)/python bench/wikipedia_scale.py
 
 # One search turn of 64 environments with shared tools against one tool per environment.
 bench-tool-batching: $(STAMP)

@@ -455,6 +455,7 @@ class BM25Index:
         out_dir: str | Path | None = None,
         show_progress: bool = True,
         threads: int | None = None,
+        total: int | None = None,
     ) -> BM25Index:
         """Index passages in one streaming pass.
 
@@ -467,10 +468,13 @@ class BM25Index:
                 when the index is garbage-collected; :meth:`save` it to keep it).
             show_progress: Show a tqdm bar counting passages.
             threads: As in :meth:`load`.
+            total: How many passages to expect, for the bar's total and time left where
+                ``passages`` has no ``len`` (a stream read from a file); only the bar reads it.
         """
         if backend not in _BACKEND_CLASSES:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        total = len(passages) if hasattr(passages, "__len__") else None
+        if hasattr(passages, "__len__"):
+            total = len(passages)
         progress = tqdm(
             passages,
             total=total,

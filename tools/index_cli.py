@@ -2,7 +2,7 @@
 
 Usage::
 
-    agentenv index build --corpus wiki-18.jsonl.gz --out runs/wiki18-bm25 [--backend tantivy] [--overwrite]
+    agentenv index build --corpus wiki-18.jsonl.gz --out runs/wiki18-bm25 [--backend tantivy] [--overwrite] [--passages 21015324]
     agentenv index info runs/wiki18-bm25
 
 A build is written beside ``--out`` and renamed into place when it is complete: a failed build
@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--overwrite", action="store_true", help="replace the index in --out (once the new one is built)"
     )
+    build.add_argument(
+        "--passages", type=int, metavar="N",
+        help="how many passages the corpus holds, if known (wiki-18: 21015324): gives the progress bar "
+        "a total and the time left; nothing else reads it",
+    )
     info = actions.add_parser("info", help="print an index's backend, size and parameters")
     info.add_argument("index_dir", type=Path, help="index directory")
 
@@ -55,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "build":
-            count, backend = build_index(args.corpus, args.out, args.backend, args.overwrite)
+            count, backend = build_index(args.corpus, args.out, args.backend, args.overwrite, args.passages)
             print(f"indexed {count} passages ({backend}) into {args.out}")
         else:
             _print_info(args.index_dir, read_manifest(args.index_dir))
@@ -65,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_index(corpus: Path, out: Path, backend: str, overwrite: bool = False) -> tuple[int, str]:
+def build_index(
+    corpus: Path, out: Path, backend: str, overwrite: bool = False, expected_passages: int | None = None
+) -> tuple[int, str]:
     """Index ``corpus`` into ``out`` (new, empty, or with ``overwrite`` an index to replace);
-    return (passages, backend). Nothing is left behind when the build fails."""
+    return (passages, backend). Nothing is left behind when the build fails. ``expected_passages``
+    is the progress bar's total."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -82,7 +90,7 @@ def build_index(corpus: Path, out: Path, backend: str, overwrite: bool = False) 
     id_hashes = array("q")
     try:
         passages = _noting_id_hashes(load_corpus(corpus), id_hashes)
-        index = BM25Index.build(passages, backend=backend, out_dir=staging / "index")
+        index = BM25Index.build(passages, backend=backend, out_dir=staging / "index", total=expected_passages)
         count, backend = len(index), index.backend
         del index  # tantivy keeps the files open while the object lives
         _refuse_repeated_ids(corpus, id_hashes)
@@ -133,7 +141,9 @@ def _refuse_repeated_ids(corpus: Path, id_hashes: array) -> None:
     ``entities``) ambiguous, and which of the two is right is the corpus owner's call, not ours: the
     build is refused rather than one of them kept. Equal hashes are checked against the ids
     themselves in a second read of the corpus, made only when some hashes are equal."""
-    hashes = np.sort(np.frombuffer(id_hashes, dtype=np.int64))
+    # Sorted in place, over the array's own buffer: a sorted copy would double the 8 bytes a passage.
+    hashes = np.frombuffer(id_hashes, dtype=np.int64)
+    hashes.sort()
     suspects = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
     if not suspects:
         return
