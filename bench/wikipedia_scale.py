@@ -49,6 +49,10 @@ is missed. Writes a growth curve (build time, index size, p50 and p95 against pa
 default sizes or with ``--record``, appends a table to bench/RESULTS.md and writes the curve to
 bench/wikipedia-scale.png (otherwise into ``--work``). Indexes are deleted after measuring unless
 ``--keep-indexes`` (21 M: about 11 GB); corpora are kept (21 M: about 5 GB).
+
+bench/retrieval_anchors.py runs the same corpus and queries through Pyserini's Lucene BM25 and PISA
+beside ours (build, latency, agreement of the top 10); with ``--reuse-indexes`` it queries the index
+that ``--keep-indexes`` left here instead of building ours again.
 """
 
 from __future__ import annotations
