@@ -61,6 +61,10 @@ bench-workers: $(STAMP)
 bench-trl: $(STAMP)
 	$(BIN)/python bench/trainer_vs_trl.py
 
+# Multi-turn tool-use GRPO (search + calculator, JSON calls) against TRL's GRPOTrainer(tools=...).
+bench-trl-multiturn: $(STAMP)
+	$(BIN)/python bench/trl_multiturn.py
+
 bench-scaling: $(STAMP)
 	$(BIN)/python bench/scaling.py
 
