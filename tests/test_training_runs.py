@@ -73,6 +73,29 @@ def test_init_from_starts_with_the_other_runs_weights(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(started.parameters(), untrained.parameters(), strict=True))
 
 
+def test_a_run_from_another_runs_weights_goes_on_with_its_questions(tmp_path):
+    # The SFT run imitates questions 0-3 of the seeded order; GRPO from it must not draw them again.
+    sft = load_config(None, [*TINY_SEARCH, "mode=sft", "max_steps=2", "sft.questions_per_step=2"])
+    train(sft, tmp_path / "sft")
+    imitated = {i for r in _records(tmp_path / "sft") for i in r["data/question_ids"]}
+    grpo = load_config(None, [*TINY_SEARCH, "max_steps=1", f"model.init_from={tmp_path / 'sft'}"])
+    train(grpo, tmp_path / "grpo")
+    [step] = _records(tmp_path / "grpo")
+    assert step["data/cursor"] == 4 + 2 and not imitated & set(step["data/question_ids"])
+
+    from agentenv.trainers.loop.build import warm_start_cursor
+
+    assert warm_start_cursor(grpo)[0] == 4
+    # Restarted on request, and whenever the warm start drew other questions or another order.
+    assert warm_start_cursor(load_config(None, [*TINY_SEARCH, f"model.init_from={tmp_path / 'sft'}",
+                                                "model.init_from_order=restart"])) is None
+    assert warm_start_cursor(load_config(None, [*TINY_SEARCH, f"model.init_from={tmp_path / 'sft'}", "seed=1"])) is None
+    other_questions = [*TINY_SEARCH, "env.kwargs={questions: 'geo:dev', max_turns: 2}", f"model.init_from={tmp_path / 'sft'}"]
+    assert warm_start_cursor(load_config(None, other_questions)) is None
+    with pytest.raises(ConfigError, match="model.init_from_order"):
+        load_config(None, ["model.init_from_order=again"])
+
+
 def test_init_from_a_folder_without_checkpoints_is_a_clear_error(tmp_path):
     from agentenv.trainers.loop.build import load_policy, load_policy_tokenizer
 

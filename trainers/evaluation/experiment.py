@@ -7,7 +7,8 @@ An experiment config (YAML) names:
 * ``base``: the training config every run starts from (``configs/cpu-smollm2.yaml``);
 * ``runs``: training runs in order, each a list of ``--set`` overrides on ``base``, trained into
   ``OUT/<name>`` with ``agentenv train``. ``model.init_from=<an earlier run's name>`` starts a run
-  from that run's final weights (GRPO from the SFT-only agent: both rows share one warm start);
+  from that run's final weights (GRPO from the SFT-only agent: both rows share one warm start),
+  its questions going on where that run's stopped;
 * ``rows``: what the table compares, each a model (a run's name, ``embedded`` or a folder)
   evaluated in one mode (``agent``, ``rag`` or ``closed-book``);
 * ``evals``: the held-out sets (``questions``, an optional ``limit``, and for a domain of its own a

@@ -16,8 +16,8 @@ import torch
 
 from agentenv.spec import EnvSpec
 from agentenv.trainers import algorithms
-from agentenv.trainers.loop.checkpoint import latest_checkpoint, load_model_weights
-from agentenv.trainers.loop.config import ConfigError, TrainConfig
+from agentenv.trainers.loop.checkpoint import latest_checkpoint, load_model_weights, read_state
+from agentenv.trainers.loop.config import ConfigError, TrainConfig, load_config
 from agentenv.trainers.rollout.engines import choose_engine, make_engine
 
 TINY_RANDOM = "tiny-random"
@@ -279,6 +279,22 @@ class QuestionOrder:
             epoch, offset = divmod(position, self.num_questions)
             indices.append(int(self._epoch(epoch)[offset]))
         return indices
+
+
+def warm_start_cursor(config: TrainConfig) -> tuple[int, Path] | None:
+    """Where ``model.init_from``'s question order stopped, if this run should go on from there:
+    ``init_from_order: continue``, and the warm start's run drew from the same question set under
+    the same seed (its ``config.yaml`` says so). Returns (cursor, checkpoint), else None."""
+    if not config.model.init_from or config.model.init_from_order != "continue":
+        return None
+    checkpoint = resolve_checkpoint(config.model.init_from)
+    run_config = checkpoint.parent.parent / "config.yaml"
+    if not run_config.is_file():
+        return None  # a checkpoint copied out of its run: nothing says what it trained on
+    warm = load_config(run_config)
+    if warm.seed != config.seed or warm.env.kwargs.get("questions") != config.env.kwargs.get("questions"):
+        return None
+    return int(read_state(checkpoint)["cursor"]), checkpoint
 
 
 class UnsolvedRetries:

@@ -47,9 +47,13 @@ class ModelConfig:
     tiny_hidden_size: int = 64  # only for name: tiny-random
     tiny_layers: int = 2
     # A training run (its newest checkpoint) or one checkpoint whose weights (adapter or full model)
-    # this run starts from; the optimizer, the step count and the data order start fresh. How GRPO
-    # starts from an SFT-only run, so both rows of an experiment share one warm start.
+    # this run starts from; the optimizer and the step count start fresh. How GRPO starts from an
+    # SFT-only run, so both rows of an experiment share one warm start.
     init_from: str | None = None
+    # continue: where the warm start trained on the same questions in the same seeded order, this
+    # run's questions follow on where it stopped, so RL is not spent on the very questions SFT
+    # imitated (an order restarted at 0 hands them back, every one). restart: the order from 0.
+    init_from_order: str = "continue"
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,7 @@ class TrainConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": tuple(ALGORITHMS),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.init_from_order": ("continue", "restart"),
     "engine.kind": ENGINE_KINDS,
     "engine.dtype": ("model", "float32", "bfloat16", "float16"),
     "grpo.truncated_is": TRUNCATED_IS,

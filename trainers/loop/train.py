@@ -16,7 +16,9 @@ One step, whatever the ``mode:`` (each objective is a registered ``Algorithm``, 
     log metrics, transcripts, health alerts; checkpoint every N steps   # metrics.py, checkpoint.py
 
 With ``sft.steps > 0`` the first steps are SFT, drawn from the same question order, then the mode
-starts with a fresh optimizer; ``mode: sft`` runs only SFT. An objective with an offline source
+starts with a fresh optimizer; ``mode: sft`` runs only SFT. A run started from another's weights
+(``model.init_from``) goes on with that run's question order where it stopped, when both draw the
+same questions under the same seed. An objective with an offline source
 (``dpo.pairs``) trains on it instead of rolling out, in an order of its own (``item_cursor``).
 ``--resume`` continues from the newest complete checkpoint in the run folder with the same data
 order, the same next batch and the same RNG states, under the run's own ``config.yaml``:
@@ -55,6 +57,7 @@ from agentenv.trainers.loop.build import (
     require_questions,
     section,
     seed_everything,
+    warm_start_cursor,
 )
 from agentenv.trainers.loop.checkpoint import (
     latest_checkpoint,
@@ -211,6 +214,11 @@ def train(
     questions = envs[0].questions
     spec.save(run_dir)
     order = QuestionOrder(len(questions), config.seed)
+    warm_start = warm_start_cursor(config) if checkpoint is None else None
+    if warm_start is not None:
+        order.cursor = warm_start[0]
+        print(f"agentenv train: questions go on from {warm_start[1]}'s order at {order.cursor} "
+              "(model.init_from_order=restart draws the warm start's questions again)", file=sys.stderr)
     retries = UnsolvedRetries(config.rollout.retry_unsolved_share, config.rollout.retry_unsolved_times)
     policy = load_policy(config, tokenizer)
     model = policy.model
