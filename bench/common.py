@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,29 @@ OUT = BENCH / "out"  # scratch: cached policies, venvs, profiles (git-ignored)
 def peak_rss_mb() -> float:
     """This process's peak resident memory (ru_maxrss is in kilobytes on Linux)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def process_memory_mb(pid: int | str = "self") -> dict[str, float]:
+    """A process's VmRSS (resident now), VmHWM (its peak) and RssAnon (resident memory that is not
+    file pages: index files it maps are page cache, which the kernel can drop), in MB; {} once it
+    is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return {key: round(int(fields[key].split()[0]) / 1024, 1) for key in ("VmRSS", "VmHWM", "RssAnon") if key in fields}
+
+
+def wait_watching_memory(process: subprocess.Popen) -> dict[str, float]:
+    """Wait for ``process``, reading its memory every 50 ms: its peak VmHWM and RssAnon, in MB.
+    (Its ru_maxrss would not do: Linux counts in a child's the peak of the process that started it.)"""
+    peak = {"VmHWM": 0.0, "RssAnon": 0.0}
+    while process.poll() is None:
+        memory = process_memory_mb(process.pid)
+        peak = {key: max(value, memory.get(key, 0.0)) for key, value in peak.items()}
+        time.sleep(0.05)
+    return peak
 
 
 def cpu_name() -> str:

@@ -103,6 +103,10 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+# bench/common.py imports the standard library only: the anchors' venv runs this file's workers too.
+from common import process_memory_mb, wait_watching_memory  # noqa: E402
+
 ANCHORS_VENV = BENCH / "out" / "venv-anchors"
 # torch==2.13.0 is the CPU build on this machine's disk; Pyserini asks for torch, unpinned, and would
 # take a CUDA build of several GB from PyPI.
@@ -117,16 +121,6 @@ TIE = 1e-6  # relative score gap below which two passages are taken as tied
 
 
 # --- workers (also run by the anchors' venv: standard library only at module level) ------------
-
-
-def _memory_mb(pid: int | str = "self") -> dict[str, float]:
-    """VmRSS, VmHWM (peak) and RssAnon (resident memory that is not file pages) of a process, in MB."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:  # gone
-        return {}
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    return {key: round(int(fields[key].split()[0]) / 1024, 1) for key in ("VmRSS", "VmHWM", "RssAnon") if key in fields}
 
 
 def _passages(corpus: Path):
@@ -309,7 +303,7 @@ def query_worker(engine: str, index_dir: str, queries_file: str, threads: int, r
     if isinstance(searcher, _Pisa):
         row["engine_batch_queries_per_s"] = _per_second(
             lambda batch, k: searcher.engine_search(batch, k, threads), queries["batch"], rounds)
-    memory = _memory_mb()
+    memory = process_memory_mb()
     row["serve_rss_mb"], row["serve_rss_anon_mb"] = memory.get("VmHWM"), memory.get("RssAnon")
     return row
 
@@ -380,12 +374,8 @@ def run_logged(python: str, arguments: list[str], env: dict, log: Path, monitor:
     with tempfile.NamedTemporaryFile(suffix=".json", prefix="bench-") as out, log.open("w") as output:
         began = time.perf_counter()
         worker = subprocess.Popen([python, __file__, *arguments, "--out", out.name], stdout=output, stderr=subprocess.STDOUT, env=env)
-        peak = {"VmHWM": 0.0, "RssAnon": 0.0}
-        while worker.poll() is None:
-            if monitor:
-                memory = _memory_mb(worker.pid)
-                peak = {key: max(value, memory.get(key, 0.0)) for key, value in peak.items()}
-            time.sleep(0.05)
+        peak = wait_watching_memory(worker) if monitor else {"VmHWM": 0.0, "RssAnon": 0.0}
+        worker.wait()
         seconds = time.perf_counter() - began
         if worker.returncode:
             raise RuntimeError(f"{arguments[1]} worker: exit status {worker.returncode}; last lines of {log}:\n{_tail(log)}")
@@ -553,7 +543,6 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(query_worker(args.engine, str(args.index), args.queries_file, args.threads, args.rounds)))
         return 0
 
-    sys.path.insert(0, str(BENCH))
     import wikipedia_scale
     from common import append_section, command_line, machine
     from retrieval import WARMUP_QUERIES

@@ -74,7 +74,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import retrieval_load  # noqa: E402
-from common import BENCH, OUT, append_section, command_line, machine, run_worker  # noqa: E402
+from common import (  # noqa: E402
+    BENCH,
+    OUT,
+    append_section,
+    command_line,
+    machine,
+    process_memory_mb,
+    run_worker,
+    wait_watching_memory,
+)
 from retrieval import WARMUP_QUERIES, percentile_ms, timed_searches  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -210,34 +219,16 @@ def _mb(path: Path) -> float:
 # --- the build -------------------------------------------------------------------------------------
 
 
-def process_memory_mb(pid: int) -> dict[str, float]:
-    """A live process's VmRSS (resident now), VmHWM (its peak) and RssAnon (resident memory that is
-    not file pages: the index files it maps are page cache, which the kernel can drop), in MB."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:  # gone
-        return {}
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    return {key: round(int(fields[key].split()[0]) / 1024, 1) for key in ("VmRSS", "VmHWM", "RssAnon") if key in fields}
-
-
 def build_index(corpus: Path, index_dir: Path, passages: int) -> dict:
-    """`agentenv index build` in a subprocess: wall time, index size, the build's peak memory.
-
-    The peak is read from /proc while the build runs, every 50 ms: its ru_maxrss would not do, as
-    Linux counts in it the peak RSS of the process that started it (this one, which made the corpus).
-    """
+    """`agentenv index build` in a subprocess: wall time, index size, the build's peak memory (read
+    from /proc while it runs)."""
     shutil.rmtree(index_dir, ignore_errors=True)
     command = [sys.executable, "-m", "agentenv.cli", "index", "build", "--corpus", str(corpus),
                "--out", str(index_dir), "--passages", str(passages)]
     began = time.perf_counter()
     # Its progress bar and closing line go to this terminal, beside ours: stdout is for JSON lines.
     build = subprocess.Popen(command, stdout=sys.stderr)
-    peak = {"VmHWM": 0.0, "RssAnon": 0.0}
-    while build.poll() is None:
-        memory = process_memory_mb(build.pid)
-        peak = {key: max(value, memory.get(key, 0.0)) for key, value in peak.items()}
-        time.sleep(0.05)
+    peak = wait_watching_memory(build)
     build_s = time.perf_counter() - began
     if build.returncode:
         raise subprocess.CalledProcessError(build.returncode, command)
