@@ -433,9 +433,8 @@ def audit_ours(episodes: list, trained: list, settings: dict) -> dict:
     return {"episodes": records, "update_rows_checked": rows_checked, "problems": problems}
 
 
-def episode_record(tokenizer, ids: list[int], mask: list[int], prompt_length: int, sampled_tokens: int, cut: int) -> dict:
-    """One audited episode: its sizes and, decoded, the first span the loss skips after the first
-    turn (the template and tool text between two turns) and the last token under the loss."""
+def mask_spans(mask: list[int]) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each run of ones in a loss mask: the turns the loss trains on."""
     spans, start = [], None
     for position, bit in enumerate([*mask, 0]):
         if bit and start is None:
@@ -443,6 +442,13 @@ def episode_record(tokenizer, ids: list[int], mask: list[int], prompt_length: in
         elif not bit and start is not None:
             spans.append((start, position))
             start = None
+    return spans
+
+
+def episode_record(tokenizer, ids: list[int], mask: list[int], prompt_length: int, sampled_tokens: int, cut: int) -> dict:
+    """One audited episode: its sizes and, decoded, the first span the loss skips after the first
+    turn (the template and tool text between two turns) and the last token under the loss."""
+    spans = mask_spans(mask)
     between = tokenizer.decode(ids[spans[0][1] : spans[1][0]]) if len(spans) > 1 else None
     return {
         "prompt_tokens": prompt_length, "tokens": len(ids), "loss_tokens": sum(mask), "sampled_tokens": sampled_tokens,
@@ -695,13 +701,7 @@ def audit_trl(tokenizer, sampled: list, generated: list, trained: list) -> dict:
             mask = tool_masks[index] if tool_masks is not None else [1] * len(completion)
             ids = list(prompt) + list(completion)
             full_mask = [0] * len(prompt) + list(mask)
-            spans, start = [], None
-            for position, bit in enumerate([*full_mask, 0]):
-                if bit and start is None:
-                    start = position
-                elif not bit and start is not None:
-                    spans.append((start, position))
-                    start = None
+            spans = mask_spans(full_mask)
             drawn, cut = 0, 0
             for begin, end in spans:
                 candidates = outputs_by_context.get(tuple(ids[:begin]), [])
