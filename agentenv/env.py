@@ -60,6 +60,8 @@ class _Turn:
     observation_cut: bool = False
     # Searches refused because the episode's search budget (max_searches) was spent, by id().
     over_budget: set[int] = field(default_factory=set)
+    # The policy closed its turn with the end-of-turn token itself, so the tool turn must not.
+    closed: bool = False
     # {"tool", "arguments", "ok", "unavailable", "output"} per call the policy wrote: what the
     # failed-call counts and process rewards are read from.
     calls: list[dict[str, Any]] = field(default_factory=list)
@@ -229,8 +231,10 @@ class ToolEnv(gym.Env):
 
     def oracle_actions(self, question: Mapping[str, Any]) -> list[str]:
         """The turns an oracle plays, in this environment's call syntax: its calls (the last
-        ``max_turns − 1`` of them, so that the answer fits), then the first gold answer. A parser of
-        your own without ``format_call``/``format_answer`` gets the ``<answer>`` tags and no calls."""
+        ``max_turns − 1`` of them, so that the answer fits), then the first gold answer, each ended
+        with the end-of-turn token where the parser's turns end there (``turn_ends_at_eos``). A
+        parser of your own without ``format_call``/``format_answer`` gets the ``<answer>`` tags and
+        no calls."""
         format_call = getattr(self.parser, "format_call", None)
         calls = [
             format_call(self.tools[name], arguments)
@@ -241,7 +245,10 @@ class ToolEnv(gym.Env):
         answer = answer if isinstance(answer, str) else answer[0]
         tool_turns = calls[-(self.max_turns - 1) :] if self.max_turns > 1 else []
         format_answer = getattr(self.parser, "format_answer", None) or default_answer_format
-        return [*tool_turns, format_answer(answer)]
+        turns = [*tool_turns, format_answer(answer)]
+        if getattr(self.parser, "turn_ends_at_eos", False):
+            turns = [turn + self.tokenizer.eos_token for turn in turns]
+        return turns
 
     def main_argument_call(self, tool_name: str, value: Any) -> tuple[str, dict[str, Any]]:
         """``(tool_name, {its main argument: value})``: a call with one argument, for ``oracle_calls``."""
@@ -284,10 +291,11 @@ class ToolEnv(gym.Env):
         truncated = max(0, len(token_ids) - budget)
         token_ids = token_ids[:budget]
         logprobs = None if logprobs is None else logprobs[:budget]
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
-        stopped = (bool(token_ids) and token_ids[-1] == self.tokenizer.eos_token_id) or any(
-            text.endswith(stop) for stop in self.stop_strings
-        )
+        closed = bool(token_ids) and token_ids[-1] == self.tokenizer.eos_token_id
+        # The end-of-turn token is the turn's frame, not its text: an answer followed by it is
+        # well formed.
+        text = self.tokenizer.decode(token_ids[:-1] if closed else token_ids, skip_special_tokens=False)
+        stopped = closed or any(text.endswith(stop) for stop in self.stop_strings)
         cut = truncated > 0 or (len(token_ids) >= budget and not stopped)
         try:
             parsed = self.parser.parse(text, self.tools)
@@ -304,7 +312,7 @@ class ToolEnv(gym.Env):
                         over_budget.add(id(call))
                     left -= 1
             runnable = [call for call in runnable if id(call) not in over_budget]
-        return _Turn(token_ids, logprobs, parsed, truncated, runnable, cut=cut, over_budget=over_budget)
+        return _Turn(token_ids, logprobs, parsed, truncated, runnable, cut=cut, over_budget=over_budget, closed=closed)
 
     @property
     def passage_tools(self) -> list[str]:
@@ -343,7 +351,7 @@ class ToolEnv(gym.Env):
             self._nudges += 1
             observations = ["No tool call or answer found. " + self.parser.instructions(self.tools)]
         if self._room() > 0:
-            turn.observation_cut = self._append_tool_output(observations)
+            turn.observation_cut = self._append_tool_output(observations, turn.closed)
 
         if len(self._turns) >= self.max_turns:
             return self._finish("max_turns", terminated=False)
@@ -381,27 +389,31 @@ class ToolEnv(gym.Env):
     def _room(self) -> int:
         return self.max_total_tokens - len(self.trajectory)
 
-    def _append_tool_output(self, observations: list[str]) -> bool:
+    def _append_tool_output(self, observations: list[str], closed: bool = False) -> bool:
         """The tool turn, in at most ``max_observation_tokens`` and the room left in the context;
-        True when an output had to be shortened to fit."""
+        True when an output had to be shortened to fit. ``closed``: the policy's turn ended with
+        its own end-of-turn token, which the tool turn then does not repeat."""
         limit = min(self.max_observation_tokens, self._room())
         outputs = [self._encode(text) for text in observations]
-        room = limit - len(self._encode(self._tool_text([""] * len(observations))))
+        room = limit - len(self._encode(self._tool_text([""] * len(observations), closed)))
         # Tokens merge differently across the joins, so the sum of the parts is only an estimate:
         # measure the whole, give back what it overshot, and as a last resort cut the ids.
         for _ in range(3):
             shares = _fair_shares([len(ids) for ids in outputs], room)
-            ids = self._encode(self._tool_text([self._clip(*args) for args in zip(observations, outputs, shares, strict=True)]))
+            clipped = [self._clip(*args) for args in zip(observations, outputs, shares, strict=True)]
+            ids = self._encode(self._tool_text(clipped, closed))
             if len(ids) <= limit:
                 break
             room -= len(ids) - limit
         self.trajectory.append("tool", ids[:limit])
         return len(ids) > limit or any(share < len(output) for share, output in zip(shares, outputs, strict=True))
 
-    def _tool_text(self, outputs: list[str]) -> str:
+    def _tool_text(self, outputs: list[str], closed: bool = False) -> str:
         text = self.parser.format_results(outputs)
         if self._tool_turn_wrapper is not None:
             before, after = self._tool_turn_wrapper
+            if closed:
+                before = before.removeprefix(self.tokenizer.eos_token)
             text = before + text + after
         return text
 

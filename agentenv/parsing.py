@@ -11,7 +11,11 @@ Two parsers share one contract (``parse``, ``stop_strings``, ``format_results``,
   to its schema type (``tag_form``).
 * ``JsonParser`` — chat-template tool calls,
   ``<tool_call>{"name": "search", "arguments": {"query": "..."}}</tool_call>``; tool output comes
-  back as a tool turn of the chat template (the environment renders it).
+  back as a tool turn of the chat template (the environment renders it). A turn is an assistant
+  message of the template and ends as one, at the end-of-turn token the policy writes itself
+  (``turn_ends_at_eos``; no stop strings): a policy trained here then stops after its calls under
+  any chat server or trainer that generates to EOS (vLLM's, TRL's), as Qwen2.5's and Hermes's
+  tool-calling models do. The tags end a turn at the closing tag, as ReSearch and Search-R1 do.
 
 Both end an episode with ``<answer>...</answer>`` (a ``\\boxed{...}`` inside is unwrapped, as in
 ReSearch). Defined behaviour for malformed turns, identical in both parsers:
@@ -100,7 +104,10 @@ class ParsedTurn:
 
 
 class ToolCallParser(Protocol):
-    """What an environment needs from a tool-call syntax."""
+    """What an environment needs from a tool-call syntax.
+
+    Optionally ``turn_ends_at_eos`` (False when absent): the policy ends every turn with the
+    end-of-turn token, so the oracle's turns end with it too."""
 
     name: str
     # True when tool output goes back as a chat-template tool turn rather than inline text.
@@ -401,6 +408,7 @@ class JsonParser:
 
     name: str = "json"
     results_in_tool_turn: bool = True
+    turn_ends_at_eos: bool = True
     call_tag: str = "tool_call"
 
     def parse(self, text: str, tools: dict[str, Tool]) -> ParsedTurn:
@@ -440,7 +448,7 @@ class JsonParser:
         return ToolCall(name, arguments)
 
     def stop_strings(self, tools: dict[str, Tool]) -> list[str]:
-        return [f"</{self.call_tag}>", f"</{ANSWER_TAG}>"]
+        return []  # the turn ends at the end-of-turn token, which every engine stops at
 
     def format_call(self, tool: Tool, arguments: dict[str, Any]) -> str:
         payload = json.dumps({"name": tool.name, "arguments": arguments})

@@ -38,9 +38,10 @@ over the shipped geo corpus, several turns, JSON tool calls, the ReSearch reward
   on every linear layer, AdamW at ``--lr`` with clipping at 1, clip range 0.2/0.28, token-mean loss
   (TRL's ``dapo``), no KL, no dynamic sampling, micro-batches of 4.
 
-What cannot be made equal: TRL's transformers generation stops at EOS only, so a tool-call turn
-ends with the ``<|im_end|>`` the model samples; ours stops at ``</tool_call>`` and the environment
-writes ``<|im_end|>`` as part of the (unmasked) tool turn. TRL ends an episode at the first turn
+Both sides end a turn where the model samples ``<|im_end|>`` (EOS; our ``parser="json"`` has no
+stop strings), so every turn, a call's or the answer's, closes with a token the model sampled and
+is trained on, and a warm start SFT'd by ``agentenv train`` (whose oracle turns end with EOS too)
+stops after its calls under TRL as under ours. TRL ends an episode at the first turn
 without a call; ours nudges once by default, so ``--nudges 0`` (the default here) matches TRL. Ours
 runs at most 2 calls a turn and puts a turn's outputs in one ``<tool_response>``; TRL runs them all,
 one ``<tool_response>`` each. Our observation cap is set above the search budget

@@ -234,8 +234,38 @@ def test_json_tool_calls_come_back_as_a_chat_template_tool_turn(tokenizer):
     # SmolLM2's template ignores tools=, so the schemas are rendered into the system prompt.
     assert '"name": "calculator"' in tokenizer.decode(obs)
     call = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
-    obs, *_ = env.step(call)
+    obs, *_ = env.step(call + "<|im_end|>")
     assert tokenizer.decode(obs).endswith(call + "<|im_end|>\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_json_episode_is_what_the_chat_template_renders_and_the_policy_closes_its_own_turns(tokenizer):
+    env = ToolEnv([calculator], tokenizer=tokenizer, parser="json")
+    assert env.stop_strings == []  # every engine stops at the end-of-turn token
+    obs, _ = env.reset(options=QUESTION)
+    prompt = tokenizer.decode(obs)
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+    env.step(call + "<|im_end|>")
+    _, reward, terminated, _, info = env.step("<answer>Lima</answer><|im_end|>")
+    assert terminated and reward == 1.0 and info["format_valid"]
+    rendered = prompt + tokenizer.apply_chat_template(
+        [{"role": "system", "content": "s"}, {"role": "assistant", "content": call},
+         {"role": "tool", "content": "42"}, {"role": "assistant", "content": "<answer>Lima</answer>"}],
+        tokenize=False,
+    ).split("<|im_start|>assistant\n", 1)[1]
+    assert tokenizer.decode(info["token_ids"]) == rendered.rstrip("\n")
+    # The loss trains on the policy's two turns, each with the end-of-turn token it wrote.
+    trained = [tokenizer.decode(s.token_ids) for s in info["trajectory"].segments if s.source == "policy"]
+    assert trained == [call + "<|im_end|>", "<answer>Lima</answer><|im_end|>"]
+
+
+def test_a_json_turn_cut_by_its_budget_is_closed_by_the_tool_turn(tokenizer):
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+    budget = len(tokenizer.encode(call, add_special_tokens=False)) + 3
+    env = ToolEnv([calculator], tokenizer=tokenizer, parser="json", max_turn_tokens=budget)
+    env.reset(options=QUESTION)
+    obs, *_ = env.step(call + " and then some more words that run past the budget of this turn")
+    tail = "</tool_call> and then some<|im_end|>\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.decode(obs).endswith(tail)
 
 
 def test_reset_samples_from_questions_deterministically(tokenizer):
