@@ -15,6 +15,10 @@ An objective supplies two functions and ``optimize`` does the rest::
             for rows in micro_batches(minibatch): micro_loss(epoch, minibatch, rows).backward()
             clip the gradient norm to ``max_grad_norm``; optimizer step
 
+``forward_precision`` is the context the loop runs an update in: with ``model.autocast`` set, every
+forward pass of the update (old log-probs, reference, loss) runs under ``torch.autocast``, and
+``optimize`` steps out of it for the backward pass, as PyTorch's autocast documentation asks.
+
 Nothing here touches the learning rate: the loop sets it at the top of each step
 (``set_learning_rate``), as CleanRL does, so an update that is skipped (no policy token, no pair)
 still advances the schedule by exactly one step and no scheduler is ever stepped out of order.
@@ -53,7 +57,8 @@ def optimize(
             optimizer.zero_grad(set_to_none=True)
             for rows in micro_batches(minibatch):
                 loss = micro_loss(epoch, minibatch, rows)
-                loss.backward()
+                with torch.autocast(loss.device.type, enabled=False):
+                    loss.backward()
                 loss_sum += loss.item()
             grad_norms.append(clip_grad_norm(trainable, max_grad_norm))
             optimizer.step()
@@ -64,6 +69,16 @@ def optimize(
         "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
         "update/optimizer_steps": float(optimizer_steps),
     }
+
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def forward_precision(model: torch.nn.Module, autocast: str) -> torch.autocast:
+    """``torch.autocast`` on ``model``'s device in ``autocast`` (``model.autocast``); "off" is a
+    context that changes nothing."""
+    dtype = AUTOCAST_DTYPES.get(autocast)
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def advantage_stats(advantages: torch.Tensor) -> dict[str, float]:

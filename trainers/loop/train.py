@@ -42,7 +42,7 @@ import torch
 import yaml
 
 from agentenv.trainers import algorithms
-from agentenv.trainers.algorithms.update import set_learning_rate
+from agentenv.trainers.algorithms.update import forward_precision, set_learning_rate
 from agentenv.trainers.loop.build import (
     QuestionOrder,
     UnsolvedRetries,
@@ -369,7 +369,8 @@ def train_step(
         items=step_items, tokenizer=policy.tokenizer, run_dir=run_dir, step=step,
         engine_lower_precision=engine_lower_precision(config, policy),
     )
-    update, times["train"] = timed(algorithm.update, inputs, config_section)
+    with forward_precision(policy.model, config.model.autocast):
+        update, times["train"] = timed(algorithm.update, inputs, config_section)
     if credits:
         update.update(credits[1])
     if batch is not None:
