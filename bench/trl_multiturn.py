@@ -3,7 +3,8 @@
     .venv/bin/python bench/trl_multiturn.py                           # timing: both our engines, TRL's paths
     .venv/bin/python bench/trl_multiturn.py --tiny --questions 2 --group-size 2 --warmup 1 --steps 1 --no-record
     .venv/bin/python bench/trl_multiturn.py --audit                   # 16 episodes: what each side trains on
-    .venv/bin/python bench/trl_multiturn.py --minutes 60 --model RUN  # learning per hour, checkpoints for a dev curve
+    .venv/bin/python bench/trl_multiturn.py --warm-start-sft 40 --steps 0 --no-record   # the shared warm start
+    .venv/bin/python bench/trl_multiturn.py --minutes 60 --warm-start-sft 40   # learning per hour, checkpoints for a dev curve
     .venv/bin/python bench/trl_multiturn.py --evaluate bench/out/trl-multiturn/minutes-<time>   # that curve
 
 bench/trainer_vs_trl.py compares one single-turn step. This compares the real job: search + calculator
@@ -11,7 +12,11 @@ over the shipped geo corpus, several turns, JSON tool calls, the ReSearch reward
 
 * the model (``--model``: a model folder, a run or checkpoint, ``embedded``; ``--tiny``: a random
   2-layer Llama with SmolLM2's tokenizer), saved once into bench/out/trl-multiturn/ with the chat
-  template below, full weights (a LoRA run or checkpoint is merged);
+  template below, full weights (a LoRA run or checkpoint is merged). ``--warm-start-sft N`` first
+  trains the start both sides share: N steps of ``agentenv train --set mode=sft`` (oracle episodes
+  of geo:train, configs/cpu-smollm2.yaml's SFT rate and batch) on ``--model`` carrying that
+  template, ``parser="json"`` and the budgets below, so both sides start from valid calls; then
+  both sides' questions go on where its order stopped, not over the questions it imitated;
 * the chat template: TRL's ``trl/chat_templates/qwen2_5.jinja``, read from TRL's venv and used
   byte for byte (TRL recognises templates by their exact text). It is ChatML
   that renders ``tools`` into the system turn, keeps assistant ``tool_calls`` as
@@ -161,6 +166,28 @@ def prepare_model(spec: str | None, tiny_layers: int = 2, tiny_hidden: int = 256
     return folder
 
 
+def warm_start(args: argparse.Namespace) -> tuple[Path, int]:
+    """The SFT agent both sides start from (``--warm-start-sft``) and where its question order
+    stopped; a finished run is reused, a killed one resumed."""
+    from agentenv.trainers.loop.build import resolve_checkpoint
+    from agentenv.trainers.loop.checkpoint import read_state
+
+    steps = args.warm_start_sft
+    base = prepare_model(None if args.tiny else args.model)
+    run_dir = WORK / f"warm-start-sft{steps}-{base.name}"
+    final = run_dir / "checkpoints" / f"step_{steps:06d}"
+    if not final.is_dir():
+        overrides = {"mode": "sft", "max_steps": steps, "seed": SEED, "model.name": str(base),
+                     "env.id": "agentenv/SearchQA-v0", "env.kwargs": env_kwargs(args), "checkpoint.every": 10,
+                     "logging.tensorboard": False}
+        command = [str(Path(sys.executable).with_name("agentenv")), "train", "--config", "configs/cpu-smollm2.yaml",
+                   "--out", str(run_dir), *[f"--set={key}={json.dumps(value)}" for key, value in overrides.items()]]
+        resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
+        print(f"--- warm start: {' '.join(command + resume)}", file=sys.stderr, flush=True)
+        subprocess.run(command + resume, check=True)
+    return run_dir, int(read_state(resolve_checkpoint(run_dir))["cursor"])
+
+
 def env_kwargs(args: argparse.Namespace) -> dict:
     """``env.kwargs`` of our side (configs/cpu-smollm2.yaml's search agent, JSON calls)."""
     return {
@@ -170,16 +197,16 @@ def env_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
-def shared_settings(args: argparse.Namespace, model: Path, steps: int) -> dict:
-    """What both sides read: the questions in training order, the prompt our environment renders
-    for each (ids, to check TRL's against) and every budget."""
+def shared_settings(args: argparse.Namespace, model: Path, steps: int, first_question: int = 0) -> dict:
+    """What both sides read: the questions in training order from ``first_question`` on, the prompt
+    our environment renders for each (ids, to check TRL's against) and every budget."""
     from agentenv.envs import load_question_set, make_search_qa_env
     from agentenv.models import load_tokenizer
     from agentenv.trainers.loop.build import QuestionOrder
 
     tokenizer = load_tokenizer(model)
     questions = load_question_set("geo:train")
-    ordered = [questions[i] for i in QuestionOrder(len(questions), SEED).take(args.questions * steps)]
+    ordered = [questions[i] for i in QuestionOrder(len(questions), SEED, first_question).take(args.questions * steps)]
     kwargs = {key: value for key, value in env_kwargs(args).items() if key != "questions"}
     env = make_search_qa_env(tokenizer=tokenizer, questions=ordered, **kwargs)
     checked = ordered[: args.questions * min(steps, 50)]
@@ -193,7 +220,7 @@ def shared_settings(args: argparse.Namespace, model: Path, steps: int) -> dict:
         "turns": args.turns, "turn_tokens": args.turn_tokens, "context_tokens": args.context_tokens,
         "passages": args.passages, "passage_tokens": args.passage_tokens, "steps": args.steps, "warmup": args.warmup,
         "vllm_eager": args.vllm_eager, "audit": args.audit, "minutes": args.minutes,
-        "checkpoint_every": args.checkpoint_every, "our_site": our_site_packages(),
+        "checkpoint_every": args.checkpoint_every, "our_site": our_site_packages(), "first_question": first_question,
     }
 
 
@@ -331,6 +358,8 @@ def run_ours(settings: dict, engine: str, run_dir: str) -> dict:
         return result
 
     train_module.train_step = timed_step
+    if settings["first_question"]:  # the questions go on after the warm start's, as TRL's list does
+        train_module.warm_start_cursor = lambda config: (settings["first_question"], Path(settings["model"]))
     B, G = settings["B"], settings["G"]
     total = 100_000 if settings["minutes"] else settings["warmup"] + settings["steps"]
     engine_kwargs = {"enforce_eager": True} if engine == "vllm" and settings["vllm_eager"] else {}
@@ -792,6 +821,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded", help="model folder, run, checkpoint or 'embedded' (default)")
     parser.add_argument("--tiny", action="store_true", help="a random 2-layer Llama with SmolLM2's tokenizer instead")
+    parser.add_argument("--warm-start-sft", type=int, default=0, metavar="STEPS",
+                        help="start both sides from an SFT agent trained this many steps on --model (parser json)")
     parser.add_argument("--questions", type=int, default=8, help="B: questions per step")
     parser.add_argument("--group-size", type=int, default=4, help="G: samples per question")
     parser.add_argument("--micro-batch", type=int, default=4)
@@ -838,9 +869,17 @@ def main() -> int:
     machine_at_start = machine()
     trl_python = str(ensure_trl_venv())
     WORK.mkdir(parents=True, exist_ok=True)
-    model = prepare_model(None if args.tiny else args.model)
+    first_question = 0
+    if args.warm_start_sft:
+        warm_run, first_question = warm_start(args)
+        model = prepare_model(str(warm_run))
+    else:
+        model = prepare_model(None if args.tiny else args.model)
     steps = 1000 if args.minutes else args.warmup + args.steps
-    settings = shared_settings(args, model, steps)
+    if not args.minutes and not args.steps:
+        print(json.dumps({"model": str(model), "first_question": first_question}))
+        return 0
+    settings = shared_settings(args, model, steps, first_question)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = WORK / (f"minutes-{stamp}" if args.minutes else f"run-{stamp}")
     folder.mkdir(parents=True)
@@ -860,7 +899,10 @@ def main() -> int:
     rows = [summarise(name, result, args.warmup) for name, result in raw.items()]
     for row in rows:
         print(json.dumps(row), flush=True)
-    setup = (f"{'tiny random Llama' if args.tiny else args.model} (LoRA r=16), B={args.questions} x G={args.group_size}, "
+    start = "tiny random Llama" if args.tiny else args.model
+    if args.warm_start_sft:
+        start += f" after {args.warm_start_sft} SFT steps (parser json; questions from {first_question} on)"
+    setup = (f"{start} (LoRA r=16), B={args.questions} x G={args.group_size}, "
              f"{args.turns} turns x {args.turn_tokens} tokens, context {args.context_tokens}, k={args.passages} "
              f"in {args.passage_tokens} tokens, lr {args.lr}, nudges {args.nudges}, template qwen2_5.jinja")
     report = {"machine": machine_at_start, "setup": setup, "rows": rows, "raw": raw, "folder": str(folder)}
