@@ -128,7 +128,7 @@ def test_a_grpo_update_under_bfloat16_autocast_computes_in_bfloat16_and_trains_f
     episodes = [Episode(t, REWARDS[i], group=i // 2) for i, t in enumerate(_trajectories(tokenizer, 0))]
     config = GRPOConfig(epochs=2, minibatch_size=2, micro_batch_size=1, kl_beta=0.1, loss_agg="seq-mean-token-mean")
     runs = {}
-    for autocast in ("off", "bfloat16"):
+    for autocast in ("none", "bfloat16"):
         torch.manual_seed(0)
         model = _model(tokenizer)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -142,14 +142,14 @@ def test_a_grpo_update_under_bfloat16_autocast_computes_in_bfloat16_and_trains_f
         for hook in hooks:
             hook.remove()
         runs[autocast] = metrics["loss"], steps, computed, {p.dtype for p in model.parameters()}
-    assert runs["off"][2] == {torch.float32} and runs["bfloat16"][2] == {torch.bfloat16}
+    assert runs["none"][2] == {torch.float32} and runs["bfloat16"][2] == {torch.bfloat16}
     assert runs["bfloat16"][3] == {torch.float32}  # weights and optimizer stay in model.dtype
     assert {g.dtype for step in runs["bfloat16"][1] for g in step.values()} == {torch.float32}
     # The same update in a lower precision: near, not equal (bench/update.py states the difference
     # on the real model).
-    assert runs["bfloat16"][0] == pytest.approx(runs["off"][0], rel=0.05, abs=0.01)
-    assert runs["bfloat16"][0] != runs["off"][0]
-    for got, expected in zip(runs["bfloat16"][1], runs["off"][1], strict=True):
+    assert runs["bfloat16"][0] == pytest.approx(runs["none"][0], rel=0.05, abs=0.01)
+    assert runs["bfloat16"][0] != runs["none"][0]
+    for got, expected in zip(runs["bfloat16"][1], runs["none"][1], strict=True):
         for name, gradient in got.items():
             cosine = torch.nn.functional.cosine_similarity(gradient, expected[name], dim=0)
             assert cosine > 0.9, (name, cosine)

@@ -75,7 +75,7 @@ AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def forward_precision(model: torch.nn.Module, autocast: str) -> torch.autocast:
-    """``torch.autocast`` on ``model``'s device in ``autocast`` (``model.autocast``); "off" is a
+    """``torch.autocast`` on ``model``'s device in ``autocast`` (``model.autocast``); "none" is a
     context that changes nothing."""
     dtype = AUTOCAST_DTYPES.get(autocast)
     return torch.autocast(next(model.parameters()).device.type, dtype=dtype, enabled=dtype is not None)

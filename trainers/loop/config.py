@@ -43,10 +43,10 @@ class ModelConfig:
     # random-initialised model with the embedded tokenizer (tests, smoke runs).
     name: str = "embedded"
     dtype: str = "auto"  # auto: float32 on CPU (bf16 is slower on these CPUs), bfloat16 on GPU
-    # The update's forward passes under torch.autocast in this precision ("off", bfloat16, float16):
-    # matmuls in the lower precision, weights, gradients and optimizer state in model.dtype
-    # (bench/update.py measures its speed and the loss difference it makes).
-    autocast: str = "off"
+    # The update's forward passes under torch.autocast in this precision (none | bfloat16 | float16;
+    # "none", as YAML reads "off" as false): matmuls in the lower precision, weights, gradients and
+    # optimizer state in model.dtype (bench/update.py measures its speed and the loss it changes).
+    autocast: str = "none"
     gradient_checkpointing: bool = False
     tiny_hidden_size: int = 64  # only for name: tiny-random
     tiny_layers: int = 2
@@ -190,7 +190,7 @@ class TrainConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": tuple(ALGORITHMS),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "model.autocast": ("off", "bfloat16", "float16"),
+    "model.autocast": ("none", "bfloat16", "float16"),
     "model.init_from_order": ("continue", "restart"),
     "engine.kind": ENGINE_KINDS,
     "engine.dtype": ("model", "float32", "bfloat16", "float16"),
