@@ -73,6 +73,14 @@ def test_bad_choice_names_key_value_and_allowed_values():
     assert "token-mean" in message and "seq-mean-token-mean" in message and "seq-mean-token-sum-norm" in message
 
 
+def test_a_choice_yaml_read_as_a_boolean_says_so(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  autocast: off\n")
+    with pytest.raises(ConfigError, match=r"model\.autocast: expected one of none, bfloat16, float16, got False "
+                                          r"\(YAML reads off, on, no and yes as booleans\)"):
+        load_config(path)
+
+
 def test_wrong_type_names_the_key():
     with pytest.raises(ConfigError, match=r"grpo\.group_size: expected an integer, got 'four'"):
         load_config(None, ["grpo.group_size=four"])

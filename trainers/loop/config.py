@@ -534,6 +534,9 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool) and key in CHOICES:  # YAML 1.1 reads off/on/no/yes as booleans
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, CHOICES[key]))}, got {brief(value)} "
+                              "(YAML reads off, on, no and yes as booleans)")
     elif origin is tuple:
         if isinstance(value, list | tuple):
             if len(args) == 2 and args[1] is Ellipsis:
