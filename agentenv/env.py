@@ -389,7 +389,7 @@ class ToolEnv(gym.Env):
     def _room(self) -> int:
         return self.max_total_tokens - len(self.trajectory)
 
-    def _append_tool_output(self, observations: list[str], closed: bool = False) -> bool:
+    def _append_tool_output(self, observations: list[str], closed: bool) -> bool:
         """The tool turn, in at most ``max_observation_tokens`` and the room left in the context;
         True when an output had to be shortened to fit. ``closed``: the policy's turn ended with
         its own end-of-turn token, which the tool turn then does not repeat."""
@@ -408,7 +408,7 @@ class ToolEnv(gym.Env):
         self.trajectory.append("tool", ids[:limit])
         return len(ids) > limit or any(share < len(output) for share, output in zip(shares, outputs, strict=True))
 
-    def _tool_text(self, outputs: list[str], closed: bool = False) -> str:
+    def _tool_text(self, outputs: list[str], closed: bool) -> str:
         text = self.parser.format_results(outputs)
         if self._tool_turn_wrapper is not None:
             before, after = self._tool_turn_wrapper

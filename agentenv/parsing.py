@@ -448,7 +448,9 @@ class JsonParser:
         return ToolCall(name, arguments)
 
     def stop_strings(self, tools: dict[str, Tool]) -> list[str]:
-        return []  # the turn ends at the end-of-turn token, which every engine stops at
+        if self.turn_ends_at_eos:
+            return []  # the end-of-turn token ends the turn, and every engine stops at it
+        return [f"</{self.call_tag}>", f"</{ANSWER_TAG}>"]
 
     def format_call(self, tool: Tool, arguments: dict[str, Any]) -> str:
         payload = json.dumps({"name": tool.name, "arguments": arguments})

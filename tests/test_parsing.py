@@ -187,6 +187,10 @@ class TestTags:
 class TestJson:
     parser = JsonParser()
 
+    def test_turns_end_at_eos_unless_told_to_stop_at_the_closing_tags(self):
+        assert self.parser.stop_strings(TOOLS) == []
+        assert JsonParser(turn_ends_at_eos=False).stop_strings(TOOLS) == ["</tool_call>", "</answer>"]
+
     def test_one_call(self):
         turn = self.parser.parse('<tool_call>{"name": "search", "arguments": {"query": "Peru"}}</tool_call>', TOOLS)
         assert [(c.name, c.arguments, c.error) for c in turn.tool_calls] == [("search", {"query": "Peru"}, None)]
